@@ -1,0 +1,48 @@
+"""Run every benchmark (``make bench``) and assemble ``benchmarks/RESULTS.md``.
+
+``python -m benchmarks`` runs them all; ``python -m benchmarks gpfa rsa`` runs some;
+``python -m benchmarks --assemble`` only rebuilds RESULTS.md from ``results/*.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["nwb_load", "gpfa", "gpvae", "hmmglm", "ntf", "bicluster", "rsa"]
+HEADER = """# Benchmark results
+
+Each section is written by `benchmarks/<name>.py` (run all with `make bench`), side by side
+with the peer library in the same run. Ratios are peer time / neurodata time (higher is
+better for neurodata). JIT compile time is reported separately from run time.
+"""
+
+
+def assemble() -> Path:
+    """Concatenate ``results/<name>.md`` in benchmark order into ``RESULTS.md``."""
+    parts = [HEADER]
+    for name in BENCHMARKS:
+        path = HERE / "results" / f"{name}.md"
+        if path.exists():
+            parts.append(path.read_text())
+    out = HERE / "RESULTS.md"
+    out.write_text("\n".join(parts))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if "--assemble" not in argv:
+        names = [a for a in argv if not a.startswith("-")] or BENCHMARKS
+        for name in names:
+            importlib.import_module(f"benchmarks.{name}")  # fail early on a typo
+            print(f"== benchmarks.{name}", flush=True)
+            subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], check=True)
+    print(assemble())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
