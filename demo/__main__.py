@@ -29,6 +29,7 @@ def _section_html(section: dict, out: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """Run the steps named on the command line (all by default); return the exit code."""
     parser = argparse.ArgumentParser(prog="python -m demo")
     parser.add_argument("--out", default="out", type=Path)
     parser.add_argument("--only", nargs="*", default=None)

@@ -379,7 +379,7 @@ def from_spike_times(
     --------
     >>> import numpy as np, neurodata
     >>> ds = neurodata.from_spike_times({"a": np.array([0.1, 0.5]), "b": np.array([0.2])})
-    >>> ds.sizes["spike"], list(ds.neuron_id.values)
+    >>> ds.sizes["spike"], ds.neuron_id.values.tolist()
     (3, ['a', 'b'])
     """
     if isinstance(spike_times, Mapping):
@@ -520,7 +520,8 @@ def write_atomic(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
     try:
         ds = _encode_object_arrays(ds.copy())
         if fmt == "zarr":
-            ds.to_zarr(tmp, mode="w")
+            # zarr format 2: string coordinates have no stable encoding in format 3 yet.
+            ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
         else:
             ds.to_netcdf(tmp, engine="h5netcdf")
         if path.exists():

@@ -39,9 +39,9 @@ def _encode(name: str, value: Any, variables: dict, kinds: dict) -> None:
                     np.asarray(coord.values), dims=[f"{name}{_SEP}{d}" for d in coord.dims]
                 )
         kinds[name] = {"kind": "dataarray", "dims": list(value.dims),
-                       "coords": [c for c in value.coords
+                       "coords": {c: list(value[c].dims) for c in value.coords
                                   if all(d in value.dims for d in value[c].dims)
-                                  and value[c].dtype != object]}
+                                  and value[c].dtype != object}}
     elif isinstance(value, np.ndarray | np.generic) or hasattr(value, "__jax_array__") or (
         type(value).__module__.startswith("jax")
     ):
@@ -75,9 +75,8 @@ def _decode(name: str, kinds: dict, ds: xr.Dataset) -> Any:
         return {k: _decode(f"{name}{_SEP}{k}", kinds, ds) for k in info["keys"]}
     dims = info["dims"]
     coords = {}
-    for cname in info["coords"]:
-        var = ds[f"{name}{_SEP}coord{_SEP}{cname}"]
-        coords[cname] = ([d.split(_SEP, 1)[1] for d in var.dims], np.asarray(var.values))
+    for cname, cdims in info["coords"].items():
+        coords[cname] = (cdims, np.asarray(ds[f"{name}{_SEP}coord{_SEP}{cname}"].values))
     return xr.DataArray(np.asarray(ds[name].values), dims=dims, coords=coords,
                         attrs=dict(ds[name].attrs))
 
