@@ -86,9 +86,8 @@ def hmm_smoother(initial_probs, transition_matrix, log_likelihoods, resets=None)
 
     def step(beta_next, inputs):
         lik_next, norm_next, reset_next = inputs
-        beta = jnp.where(
-            reset_next, jnp.ones_like(beta_next), transition_matrix @ (lik_next * beta_next) / norm_next
-        )
+        carried = transition_matrix @ (lik_next * beta_next) / norm_next
+        beta = jnp.where(reset_next, jnp.ones_like(beta_next), carried)
         return beta, beta
 
     lik_next = jnp.concatenate([lik[1:], jnp.ones_like(lik[:1])])
@@ -155,3 +154,80 @@ def hmm_sample_posterior(key, initial_probs, transition_matrix, log_likelihoods,
 
     _, path = lax.scan(back, jnp.array(0), (keys, filtered, next_reset), reverse=True)
     return path
+
+
+class _Message(NamedTuple):
+    # probs[i, j] ~ p(z_end = j, y_{start:end} | z_{start-1} = i), rows normalised;
+    # log_norm[i] = log p(y_{start:end} | z_{start-1} = i).
+    probs: jnp.ndarray
+    log_norm: jnp.ndarray
+
+
+def _condition(probs, log_likelihood):
+    # Multiply the columns by the likelihood and renormalise each row.
+    shift = jnp.max(log_likelihood, axis=-1, keepdims=True)
+    shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
+    cond = probs * jnp.exp(log_likelihood - shift)
+    norm = jnp.sum(cond, axis=-1)
+    return cond / norm[..., None], jnp.log(norm) + shift[..., 0]
+
+
+def _combine(first: _Message, second: _Message) -> _Message:
+    probs, log_norm = _condition(first.probs, second.log_norm[..., None, :])
+    return _Message(probs @ second.probs, first.log_norm + log_norm)
+
+
+def _parallel_filter(initial_probs, transition_matrix, log_likelihoods, resets):
+    n_states = initial_probs.shape[0]
+    start = jnp.broadcast_to(initial_probs, (n_states, n_states))
+    # A reset element does not depend on the previous state: every row is the initial law.
+    first = jnp.where(resets[:, None, None], start[None], transition_matrix[None])
+    probs, log_norm = jax.vmap(_condition)(first, log_likelihoods[:, None, :])
+    prefix = lax.associative_scan(jax.vmap(_combine), _Message(probs, log_norm))
+    return prefix.log_norm[-1, 0], prefix.probs[:, 0, :]
+
+
+def hmm_filter_parallel(initial_probs, transition_matrix, log_likelihoods, resets=None):
+    """Forward pass by ``lax.associative_scan``; same results as :func:`hmm_filter`.
+
+    Returns
+    -------
+    marginal_loglik, filtered_probs
+        The log marginal likelihood and the ``(T, S)`` filtered probabilities.
+    """
+    resets = _resets(log_likelihoods, resets)
+    return _parallel_filter(initial_probs, transition_matrix, log_likelihoods, resets)
+
+
+def hmm_smoother_parallel(
+    initial_probs, transition_matrix, log_likelihoods, resets=None
+) -> HMMPosterior:
+    """Forward-backward by ``lax.associative_scan``; same results as :func:`hmm_smoother`.
+
+    The smoothed marginals, expected transitions and expected initial counts are the
+    gradients of the log marginal likelihood with respect to the log-likelihoods,
+    ``log A`` and ``log pi`` (Fisher's identity), so the backward pass is the reverse-mode
+    sweep of the parallel forward pass.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> ll = jnp.log(jnp.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]]))
+    >>> a = jnp.array([[0.9, 0.1], [0.1, 0.9]])
+    >>> post = hmm_smoother_parallel(jnp.array([0.5, 0.5]), a, ll)
+    >>> bool(jnp.allclose(post.smoothed_probs, hmm_smoother(jnp.array([0.5, 0.5]), a, ll)
+    ...      .smoothed_probs))
+    True
+    """
+    resets = _resets(log_likelihoods, resets)
+
+    def loglik(ll, trans, init):
+        value, filtered = _parallel_filter(init, trans, ll, resets)
+        return value, filtered
+
+    (value, filtered), (d_ll, d_trans, d_init) = jax.value_and_grad(
+        loglik, argnums=(0, 1, 2), has_aux=True
+    )(log_likelihoods, transition_matrix, initial_probs)
+    return HMMPosterior(
+        value, filtered, d_ll, transition_matrix * d_trans, initial_probs * d_init
+    )
