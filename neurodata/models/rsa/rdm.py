@@ -1,0 +1,545 @@
+"""Representational dissimilarity matrices: construction, validation and the RDM dataset.
+
+An RDM dataset is an :class:`xarray.Dataset` holding ``dissimilarity(rdm, stimulus,
+stimulus_)`` (float64, square, symmetric) with descriptors as coordinates (``rdm_name`` on
+``rdm``, ``stimulus_id`` on ``stimulus``). Every function here also takes plain arrays.
+
+Dissimilarities follow rsatoolbox 0.3.2 (every measure divided by the number of channels
+P): squared Euclidean, correlation, Mahalanobis, crossnobis, Poisson-KL and cross-validated
+Poisson-KL. All run in float64 (comparisons with rsatoolbox are to 1e-6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from neurodata.errors import InputDataError
+
+__all__ = [
+    "METHODS",
+    "as_rdms",
+    "calc_rdm",
+    "condensed",
+    "precision_from_residuals",
+    "rdm_dataset",
+]
+
+METHODS = ("euclidean", "correlation", "mahalanobis", "crossnobis", "poisson", "poisson_cv")
+_CV_METHODS = ("crossnobis", "poisson_cv")
+
+
+# --------------------------------------------------------------------------- RDM containers
+
+
+def rdm_dataset(
+    dissimilarity: Any,
+    *,
+    rdm_name: Sequence[str] | None = None,
+    stimulus_id: Sequence | None = None,
+    measure: str = "",
+    rdm_coords: dict[str, Sequence] | None = None,
+) -> xr.Dataset:
+    """Wrap square RDMs ``(n_rdm, n_stim, n_stim)`` into an RDM dataset.
+
+    Parameters
+    ----------
+    dissimilarity
+        Array ``(n_rdm, n, n)`` or ``(n, n)``; validated with :func:`as_rdms`.
+    rdm_name
+        One name per RDM (default ``"0"``, ``"1"``, ...).
+    stimulus_id
+        One id per stimulus (default ``0 .. n-1``).
+    measure
+        The dissimilarity measure, stored in ``dissimilarity.attrs['measure']``.
+    rdm_coords
+        Extra descriptors on the ``rdm`` dim (e.g. ``{"subject": [...]}``).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``dissimilarity(rdm, stimulus, stimulus_)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = rdm_dataset(np.array([[0, 1, 2], [1, 0, 1], [2, 1, 0.0]]))
+    >>> dict(ds.sizes)
+    {'rdm': 1, 'stimulus': 3, 'stimulus_': 3}
+    """
+    values, _ = as_rdms(dissimilarity)
+    n_rdm, n = values.shape[:2]
+    names = np.asarray([str(i) for i in range(n_rdm)] if rdm_name is None else rdm_name)
+    ids = np.arange(n) if stimulus_id is None else np.asarray(stimulus_id)
+    if names.shape != (n_rdm,) or ids.shape != (n,):
+        raise InputDataError(
+            f"rdm_name has shape {names.shape} and stimulus_id {ids.shape}, but the RDMs are "
+            f"{values.shape}; give one name per RDM and one id per stimulus."
+        )
+    coords: dict[str, Any] = {
+        "rdm_name": ("rdm", names),
+        "stimulus_id": ("stimulus", ids),
+        "stimulus_id_": ("stimulus_", ids),
+    }
+    for key, val in (rdm_coords or {}).items():
+        coords[key] = ("rdm", np.asarray(val))
+    return xr.Dataset(
+        {"dissimilarity": (("rdm", "stimulus", "stimulus_"), values, {"measure": measure})},
+        coords=coords,
+    )
+
+
+def as_rdms(x: Any, name: str = "rdms") -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate RDMs and return them as a float64 array ``(n_rdm, n, n)`` plus stimulus ids.
+
+    Accepts an RDM dataset (``dissimilarity`` variable), a DataArray with dims
+    ``(rdm, stimulus, stimulus_)`` or ``(stimulus, stimulus_)``, or an array of square
+    matrices. The input is never modified (a copy is returned).
+
+    Parameters
+    ----------
+    x
+        The RDMs.
+    name
+        The argument name used in error messages.
+
+    Returns
+    -------
+    values : numpy.ndarray
+        ``(n_rdm, n, n)`` float64.
+    stimulus_id : numpy.ndarray or None
+        Stimulus ids when the input carried them.
+
+    Raises
+    ------
+    InputDataError
+        Non-square or asymmetric matrices, NaN entries, or fewer than 3 stimuli.
+    """
+    ids = None
+    if isinstance(x, xr.Dataset):
+        if "dissimilarity" not in x:
+            raise InputDataError(
+                f"{name} is a Dataset without a 'dissimilarity' variable; build it with "
+                "neurodata.models.rsa.rdm_dataset."
+            )
+        x = x["dissimilarity"]
+    if isinstance(x, xr.DataArray):
+        if "stimulus_id" in x.coords:
+            ids = np.asarray(x["stimulus_id"])
+        elif "stimulus" in x.coords:
+            ids = np.asarray(x["stimulus"])
+        if x.ndim == 3 and x.dims[0] != "rdm":
+            x = x.transpose("rdm", ...)
+        x = x.values
+    values = np.array(x, dtype=np.float64)  # a copy: callers' buffers are never touched
+    if values.ndim == 2:
+        values = values[None]
+    if values.ndim != 3 or values.shape[1] != values.shape[2]:
+        raise InputDataError(
+            f"{name} has shape {np.shape(x)}; give square RDMs (n_rdm, n_stimulus, n_stimulus) "
+            "(use scipy.spatial.distance.squareform on condensed vectors)."
+        )
+    if values.shape[1] < 3:
+        raise InputDataError(
+            f"{name} has {values.shape[1]} stimuli; RDM comparisons need at least 3."
+        )
+    if not np.all(np.isfinite(values)):
+        raise InputDataError(
+            f"{name} holds NaN or infinite entries; remove the stimuli they belong to "
+            "(the bootstrap handles repeated stimuli with masks, not NaNs)."
+        )
+    scale = max(float(np.abs(values).max()), 1e-300)
+    if not np.allclose(values, values.transpose(0, 2, 1), rtol=0, atol=1e-8 * scale):
+        raise InputDataError(
+            f"{name} holds asymmetric matrices; RDMs must be symmetric "
+            "(symmetrise with (D + D.T) / 2 if the asymmetry is numerical noise)."
+        )
+    return values, ids
+
+
+def condensed(rdms: np.ndarray | jax.Array) -> jax.Array:
+    """Upper-triangle vectors ``(n_rdm, n (n - 1) / 2)`` in row-major (squareform) order."""
+    n = rdms.shape[-1]
+    iu, ju = np.triu_indices(n, 1)
+    return jnp.asarray(rdms)[..., iu, ju]
+
+
+def _square(vectors: jax.Array, n: int) -> jax.Array:
+    iu, ju = np.triu_indices(n, 1)
+    out = jnp.zeros((*vectors.shape[:-1], n, n), vectors.dtype)
+    out = out.at[..., iu, ju].set(vectors)
+    return out.at[..., ju, iu].set(vectors)
+
+
+# --------------------------------------------------------------------------- precisions
+
+
+@jax.jit
+def _shrinkage_diag(x: jax.Array, dof: jax.Array) -> jax.Array:
+    # Schaefer & Strimmer (2005) shrinkage towards the diagonal, as rsatoolbox computes it
+    n = x.shape[0]
+    s_sum = x.T @ x
+    s2_sum = (x**2).T @ (x**2)
+    s = s_sum / dof
+    var = jnp.diag(s)
+    std = jnp.sqrt(var)
+    s_mean = s_sum / std[None, :] / std[:, None] / (n - 1)
+    s2_mean = s2_sum / var[None, :] / var[:, None] / (n - 1)
+    var_hat = n / dof**2 * (s2_mean - s_mean**2)
+    off = ~jnp.eye(s.shape[0], dtype=bool)
+    lamb = jnp.sum(jnp.where(off, var_hat, 0)) / jnp.sum(jnp.where(off, s_mean**2, 0))
+    lamb = jnp.clip(lamb, 0.0, 1.0)
+    return s * jnp.where(off, 1.0 - lamb, 1.0)
+
+
+@jax.jit
+def _shrinkage_eye(x: jax.Array, dof: jax.Array) -> jax.Array:
+    # Ledoit & Wolf (2004) shrinkage towards a multiple of the identity
+    n, p = x.shape
+    s = x.T @ x / n
+    b2 = jnp.sum((x**2).T @ (x**2) / n - s * s) / n
+    m = jnp.trace(s) / p
+    d2 = jnp.sum((s - m * jnp.eye(p)) ** 2)
+    b2 = jnp.minimum(d2, b2)
+    return (b2 / d2 * m * jnp.eye(p) + (d2 - b2) / d2 * s) * n / dof
+
+
+def precision_from_residuals(
+    residuals: Any, *, method: str = "shrinkage_diag", dof: int | None = None
+) -> np.ndarray:
+    """Noise precision matrix from residuals ``(n_obs, n_channel)``.
+
+    Parameters
+    ----------
+    residuals
+        Residuals (e.g. of a first-level GLM), one row per observation.
+    method
+        ``"shrinkage_diag"`` (Schaefer-Strimmer, default), ``"shrinkage_eye"``
+        (Ledoit-Wolf), ``"diag"`` or ``"full"``; as ``rsatoolbox.data.prec_from_residuals``.
+    dof
+        Degrees of freedom (default ``n_obs - 1``; subtract the GLM regressors if any).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_channel, n_channel)`` precision (float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> prec = precision_from_residuals(np.random.default_rng(0).normal(size=(50, 4)))
+    >>> prec.shape
+    (4, 4)
+    """
+    x = np.array(residuals, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise InputDataError(
+            f"residuals has shape {x.shape}; give (n_observation, n_channel) with >= 2 rows."
+        )
+    if not np.all(np.isfinite(x)):
+        raise InputDataError("residuals holds NaN or infinite values; drop those rows.")
+    x = jnp.asarray(x - x.mean(0, keepdims=True))
+    dof_ = jnp.asarray(float(x.shape[0] - 1 if dof is None else dof))
+    if method == "shrinkage_diag":
+        cov = _shrinkage_diag(x, dof_)
+    elif method == "shrinkage_eye":
+        cov = _shrinkage_eye(x, dof_)
+    elif method == "diag":
+        cov = jnp.diag(jnp.sum(x**2, 0) / dof_)
+    elif method == "full":
+        cov = x.T @ x / dof_
+    else:
+        raise InputDataError(
+            f"method={method!r}; use 'shrinkage_diag', 'shrinkage_eye', 'diag' or 'full'."
+        )
+    return np.asarray(jnp.linalg.inv(cov))
+
+
+# --------------------------------------------------------------------------- cores
+
+
+def _from_kernel(k: jax.Array, p: int) -> jax.Array:
+    d = jnp.diag(k)
+    return (d[:, None] + d[None, :] - k - k.T) / p
+
+
+@jax.jit
+def _euclidean(u: jax.Array) -> jax.Array:
+    return _from_kernel(u @ u.T, u.shape[1])
+
+
+@jax.jit
+def _correlation(u: jax.Array) -> jax.Array:
+    u = u - u.mean(1, keepdims=True)
+    u = u / jnp.sqrt(jnp.sum(u * u, 1, keepdims=True))
+    return 1.0 - u @ u.T
+
+
+@jax.jit
+def _mahalanobis(u: jax.Array, prec: jax.Array) -> jax.Array:
+    return _from_kernel(u @ prec @ u.T, u.shape[1])
+
+
+def _smooth(u: jax.Array, prior_lambda: float, prior_weight: float) -> jax.Array:
+    return (u + prior_lambda * prior_weight) / (1.0 + prior_weight)
+
+
+@jax.jit
+def _poisson(u: jax.Array, prior_lambda: float, prior_weight: float) -> jax.Array:
+    u = _smooth(u, prior_lambda, prior_weight)
+    return _from_kernel(u @ jnp.log(u).T, u.shape[1])
+
+
+@partial(jax.jit, static_argnames=("n_stim", "n_fold"))
+def _fold_means(x: jax.Array, stim: jax.Array, fold: jax.Array, n_stim: int, n_fold: int):
+    # per-fold, per-condition means with counts: unbalanced designs become masks
+    onehot = jax.nn.one_hot(fold * n_stim + stim, n_fold * n_stim, dtype=x.dtype)
+    counts = onehot.sum(0).reshape(n_fold, n_stim)
+    sums = (onehot.T @ x).reshape(n_fold, n_stim, x.shape[1])
+    return sums / jnp.maximum(counts, 1)[..., None], counts > 0
+
+
+@partial(jax.jit, static_argnames="n_stim")
+def _crossnobis_observations(x, stim, fold, prec, n_stim: int) -> jax.Array:
+    # unbalanced designs: average the inner products over all pairs of single observations
+    # from different folds (rsatoolbox's calc_rdm_unbalanced, weighting='number')
+    w = x if prec is None else x @ prec
+    k = w @ x.T
+    cross = (fold[:, None] != fold[None, :]).astype(x.dtype)
+    onehot = jax.nn.one_hot(stim, n_stim, dtype=x.dtype)
+    mean_k = (onehot.T @ (k * cross) @ onehot) / (onehot.T @ cross @ onehot)
+    return _from_kernel(mean_k, x.shape[1])
+
+
+@jax.jit
+def _crossnobis_balanced(means: jax.Array, prec: jax.Array | None) -> jax.Array:
+    # sum over a != b of K_ab = (sum_a W_a)(sum_b M_b)^T - sum_a W_a M_a^T: one pass over the
+    # folds instead of n_fold^2 kernels
+    n_fold, n, p = means.shape
+    w = means if prec is None else jnp.einsum("fnp,pq->fnq", means, prec)
+    k = w.sum(0) @ means.sum(0).T - jnp.einsum("fnp,fmp->nm", w, means)
+    return _from_kernel(k, p) / (n_fold * (n_fold - 1))
+
+
+@jax.jit
+def _poisson_cv(means: jax.Array, prior_lambda: float, prior_weight: float) -> jax.Array:
+    # leave-one-fold-out, averaged over test folds (rsatoolbox 0.3.2 keeps only the last fold)
+    n_fold = means.shape[0]
+
+    def one(k):
+        train = (means.sum(0) - means[k]) / (n_fold - 1)
+        train = _smooth(train, prior_lambda, prior_weight)
+        test = _smooth(means[k], prior_lambda, prior_weight)
+        return _from_kernel(train @ jnp.log(test).T, means.shape[2])
+
+    return jnp.mean(jax.vmap(one)(jnp.arange(n_fold)), 0)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _patterns(data: Any, stimuli: Any, folds: Any):
+    """Return (observations (n_obs, P), stimulus codes, fold codes or None, stimulus ids)."""
+    if isinstance(data, xr.Dataset):
+        if "activity" not in data:
+            raise InputDataError("data is a Dataset without an 'activity' variable.")
+        data = data["activity"]
+    ids = None
+    if isinstance(data, xr.DataArray):
+        if "stimulus" in data.dims:
+            ids = np.asarray(data["stimulus_id"] if "stimulus_id" in data.coords
+                             else data["stimulus"])
+        order = [d for d in ("trial", "stimulus", "neuron") if d in data.dims]
+        if data.ndim >= 2 and set(data.dims) == set(order):
+            data = data.transpose(*order)
+        data = data.values
+    x = np.array(data, dtype=np.float64)
+    if x.ndim == 3:  # (fold, stimulus, channel): balanced folds
+        n_fold, n_stim, _ = x.shape
+        stim = np.tile(np.arange(n_stim), n_fold)
+        fold = np.repeat(np.arange(n_fold), n_stim)
+        return x.reshape(n_fold * n_stim, -1), stim, fold, ids, n_stim
+    if x.ndim != 2:
+        raise InputDataError(
+            f"data has shape {x.shape}; give (stimulus, neuron), (trial, stimulus, neuron) or "
+            "(observation, neuron) with stimuli= labels."
+        )
+    if stimuli is None:
+        stim = np.arange(x.shape[0])
+        uniq = stim
+    else:
+        labels = np.asarray(stimuli)
+        if labels.shape != (x.shape[0],):
+            raise InputDataError(
+                f"stimuli has shape {labels.shape}; give one label per row of data "
+                f"({x.shape[0]})."
+            )
+        uniq, stim = np.unique(labels, return_inverse=True)
+    fold = None
+    if folds is not None:
+        flabels = np.asarray(folds)
+        if flabels.shape != (x.shape[0],):
+            raise InputDataError(
+                f"folds has shape {flabels.shape}; give one fold label per row of data "
+                f"({x.shape[0]})."
+            )
+        fold = np.unique(flabels, return_inverse=True)[1]
+    return x, stim, fold, uniq if ids is None else ids, len(uniq)
+
+
+def calc_rdm(
+    data: Any,
+    method: str = "euclidean",
+    *,
+    stimuli: Sequence | None = None,
+    folds: Sequence | None = None,
+    precision: Any = None,
+    prior_lambda: float = 1.0,
+    prior_weight: float = 0.1,
+    name: str = "0",
+) -> xr.Dataset:
+    """Compute an RDM from response patterns.
+
+    Parameters
+    ----------
+    data
+        Responses: a dataset with ``activity(stimulus, neuron)`` or
+        ``activity(trial, stimulus, neuron)`` (trials are the cross-validation folds), a
+        DataArray with those dims, an array ``(stimulus, channel)``, an array
+        ``(fold, stimulus, channel)`` (balanced folds) or an array ``(observation, channel)``
+        with ``stimuli`` (and ``folds``) labels per row (unbalanced designs). Repeated
+        observations of a stimulus are averaged (per fold for the cross-validated measures).
+    method
+        One of :data:`METHODS`.
+    stimuli, folds
+        Per-row labels for ``(observation, channel)`` input.
+    precision
+        Noise precision ``(P, P)`` for ``mahalanobis`` / ``crossnobis`` (default identity),
+        or one precision per fold ``(n_fold, P, P)`` for ``crossnobis`` (then every fold
+        pair uses ``((Sigma_A + Sigma_B) / 2)^-1``, also for unbalanced designs).
+    prior_lambda, prior_weight
+        Poisson smoothing ``u <- (u + lambda w) / (1 + w)``.
+    name
+        The ``rdm_name`` of the result.
+
+    Returns
+    -------
+    xarray.Dataset
+        An RDM dataset with one RDM.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(4, 6, 20))  # 4 folds, 6 stimuli
+    >>> rdm = calc_rdm(x, "crossnobis")
+    >>> rdm["dissimilarity"].shape
+    (1, 6, 6)
+    """
+    if method not in METHODS:
+        raise InputDataError(f"method={method!r}; use one of {list(METHODS)}.")
+    x, stim, fold, ids, n_stim = _patterns(data, stimuli, folds)
+    if not np.all(np.isfinite(x)):
+        raise InputDataError("data holds NaN or infinite values; drop or impute them first.")
+    if n_stim < 3:
+        raise InputDataError(f"data has {n_stim} stimuli; an RDM needs at least 3.")
+    p = x.shape[1]
+    if method in _CV_METHODS:
+        if fold is None:
+            raise InputDataError(
+                f"method={method!r} needs cross-validation folds: give (trial, stimulus, neuron) "
+                "data or folds= labels per row."
+            )
+        n_fold = int(fold.max()) + 1
+        if n_fold < 2:
+            raise InputDataError(f"{method} needs at least 2 folds; data has {n_fold}.")
+        means, present = _fold_means(jnp.asarray(x), jnp.asarray(stim), jnp.asarray(fold),
+                                     n_stim, n_fold)
+        counts = np.asarray(present).sum(0)
+        if counts.min() < 2:
+            missing = np.asarray(ids)[counts < 2] if ids is not None else np.where(counts < 2)[0]
+            raise InputDataError(
+                f"{method}: stimuli {list(missing)[:5]} appear in fewer than 2 folds, so no "
+                "cross-validated distance exists for them; drop them or regroup the folds."
+            )
+        pair_folds = np.asarray(present, float).T @ np.asarray(present, float)
+        if pair_folds.min() < 2:
+            raise InputDataError(
+                f"{method}: some stimulus pairs are measured together in fewer than 2 folds; "
+                "the fold structure cannot cross-validate them. Regroup the folds."
+            )
+        if method == "poisson_cv":
+            if not bool(np.asarray(present).all()):
+                raise InputDataError(
+                    "poisson_cv needs every stimulus in every fold (balanced folds)."
+                )
+            d = _poisson_cv(means, prior_lambda, prior_weight)
+        else:
+            prec = None if precision is None else np.asarray(precision, dtype=np.float64)
+            if prec is not None and prec.ndim == 3:
+                if prec.shape != (n_fold, p, p):
+                    raise InputDataError(
+                        f"precision has shape {prec.shape}; per-fold precisions must be "
+                        f"({n_fold}, {p}, {p})."
+                    )
+                d = _crossnobis_fold_precisions(means, present, jnp.asarray(prec))
+            else:
+                if prec is not None and prec.shape != (p, p):
+                    raise InputDataError(
+                        f"precision has shape {prec.shape}; it must be ({p}, {p})."
+                    )
+                prec_j = None if prec is None else jnp.asarray(prec)
+                if bool(np.asarray(present).all()):
+                    d = _crossnobis_balanced(means, prec_j)
+                else:
+                    d = _crossnobis_observations(jnp.asarray(x), jnp.asarray(stim),
+                                                 jnp.asarray(fold), prec_j, n_stim)
+    else:
+        means, _ = _fold_means(jnp.asarray(x), jnp.asarray(stim),
+                               jnp.zeros(len(stim), int), n_stim, 1)
+        u = means[0]
+        if method == "euclidean":
+            d = _euclidean(u)
+        elif method == "correlation":
+            d = _correlation(u)
+        elif method == "mahalanobis":
+            if precision is None:
+                d = _euclidean(u)
+            else:
+                prec = np.asarray(precision, dtype=np.float64)
+                if prec.shape != (p, p):
+                    raise InputDataError(
+                        f"precision has shape {prec.shape}; it must be ({p}, {p})."
+                    )
+                d = _mahalanobis(u, jnp.asarray(prec))
+        else:
+            if np.any(x < 0):
+                raise InputDataError("poisson needs non-negative responses (counts or rates).")
+            d = _poisson(u, prior_lambda, prior_weight)
+    d = np.asarray(d)
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    return rdm_dataset(d[None], rdm_name=[name], stimulus_id=ids, measure=method)
+
+
+@jax.jit
+def _crossnobis_fold_precisions(means: jax.Array, present: jax.Array, precs: jax.Array):
+    # all fold pairs with Lambda = ((Sigma_A + Sigma_B) / 2)^-1, as rsatoolbox's list of
+    # noises; pairs of conditions missing from a fold are masked (unbalanced designs, #491)
+    n_fold, n, p = means.shape
+    covs = jnp.linalg.inv(precs)
+    ia, ib = np.triu_indices(n_fold, 1)
+
+    def one(a, b):
+        lam = jnp.linalg.inv((covs[a] + covs[b]) / 2)
+        d = _from_kernel(means[a] @ lam @ means[b].T, p)
+        ok = present[a][:, None] & present[a][None, :] & present[b][:, None] & present[b][None]
+        return jnp.where(ok, d, 0.0), ok
+
+    d, ok = jax.vmap(one)(jnp.asarray(ia), jnp.asarray(ib))
+    return d.sum(0) / ok.sum(0)
