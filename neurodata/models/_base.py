@@ -96,7 +96,13 @@ class NeurodataModel(BaseEstimator):
     def _fitted_attributes(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.endswith("__")}
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        attrs: dict[str, str | int | float] | None = None,
+    ) -> Path:
         """Save constructor arguments and fitted state to ``path`` (``*.nc`` or ``*.zarr``).
 
         Parameters
@@ -105,6 +111,8 @@ class NeurodataModel(BaseEstimator):
             Output path; written atomically.
         overwrite
             Replace an existing file.
+        attrs
+            Extra provenance attrs stored with the model (e.g. the source session).
 
         Returns
         -------
@@ -122,6 +130,7 @@ class NeurodataModel(BaseEstimator):
                 "neurodata_model": f"{type(self).__module__}.{type(self).__qualname__}",
                 "params_json": json.dumps(params, default=_json_default),
                 "fitted_json": json.dumps(kinds),
+                **(attrs or {}),
             },
         )
         return write_atomic(ds, path, overwrite=overwrite)
