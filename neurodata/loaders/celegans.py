@@ -373,8 +373,8 @@ def stack_animals(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
     >>> b = neurodata.from_arrays(np.ones((3, 1)), 3.0, neuron_ids=["RIML"], signal="dff",
     ...                           attrs={"subject": "w2"})
     >>> s = stack_animals([a, b])
-    >>> dict(s.sizes), list(s.neuron_id.values), s.recorded.values.sum()
-    ({'animal': 2, 'time': 4, 'neuron': 3}, ['AVAL', 'AVAR', 'RIML'], np.int64(3))
+    >>> dict(s.sizes), s.neuron_id.values.tolist(), int(s.recorded.sum())
+    ({'animal': 2, 'time': 4, 'neuron': 3}, ['AVAL', 'AVAR', 'RIML'], 3)
     """
     datasets = list(datasets)
     if not datasets:
