@@ -29,7 +29,8 @@ def detect_format(path: str | Path) -> str:
     Parameters
     ----------
     path
-        A file (``.nwb``, ``.mat``, ``.nc``) or folder (Suite2p plane, Phy output, ``.zarr``).
+        A file (``.nwb``, ``.mat``, ``.nc``) or folder (Suite2p plane or its parent, Phy
+        output, the 92-image RSA folder, ``.zarr``).
 
     Returns
     -------
@@ -46,9 +47,12 @@ def detect_format(path: str | Path) -> str:
             return "suite2p"
         if (path / "spike_times.npy").exists():
             return "phy"
+        if (path / "92_brainRDMs.mat").exists():
+            return "matlab"  # the 92-image RSA folder (layout "kriegeskorte2008")
         raise FormatError(
-            f"{path}: folder of unknown format; expected a Suite2p plane folder (F.npy) or a "
-            "Phy/Kilosort folder (spike_times.npy). Pass format=... to choose a loader."
+            f"{path}: folder of unknown format; expected a Suite2p plane folder (F.npy), a "
+            "Phy/Kilosort folder (spike_times.npy) or the 92-image RSA folder "
+            "(92_brainRDMs.mat). Pass format=... to choose a loader."
         )
     suffix = path.suffix.lower()
     if suffix == ".nwb":
