@@ -1,0 +1,125 @@
+r"""Pólya-Gamma ``PG(b, c)`` sampling in JAX for real ``b > 0``.
+
+``PG(b, c)`` is the infinite convolution of gammas (Polson, Scott & Windle 2013)
+
+.. math::
+
+    \omega = \frac{1}{2\pi^2} \sum_{k \ge 1} \frac{g_k}{(k - 1/2)^2 + c^2 / (4\pi^2)},
+    \qquad g_k \sim \mathrm{Gamma}(b, 1).
+
+:func:`sample_pg` keeps the first ``n_terms`` summands exactly and replaces the remainder
+by one gamma variable whose mean and variance equal those of the remainder (both are known
+in closed form), so the draw has the exact mean ``b tanh(c/2) / (2c)`` and the exact
+variance ``b (2 tanh(c/2) - c sech^2(c/2)) / (4 c^3)`` for every ``n_terms``; the shape of
+the distribution converges to PG as ``n_terms`` grows (the remainder is a sum of many small
+gammas, which a moment-matched gamma approximates closely). The gamma draws use
+Marsaglia-Tsang with a vectorised rejection loop, which is exact and in float64 much faster
+on CPU than ``jax.random.gamma`` for the large arrays (one draw per count) the bi-clustering
+sampler needs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_SMALL_C = 1e-3
+
+
+def pg_mean(b: jnp.ndarray, c: jnp.ndarray) -> jnp.ndarray:
+    """Mean of ``PG(b, c)``: ``b tanh(c/2) / (2c)`` (``b / 4`` at ``c = 0``)."""
+    c = jnp.abs(c)
+    safe = jnp.where(c < _SMALL_C, 1.0, c)
+    return b * jnp.where(c < _SMALL_C, 0.25 - c**2 / 48.0, jnp.tanh(safe / 2) / (2 * safe))
+
+
+def pg_variance(b: jnp.ndarray, c: jnp.ndarray) -> jnp.ndarray:
+    """Variance of ``PG(b, c)`` (``b / 24`` at ``c = 0``)."""
+    c = jnp.abs(c)
+    safe = jnp.where(c < _SMALL_C, 1.0, c)
+    sech2 = 1.0 / jnp.cosh(jnp.minimum(safe / 2, 350.0)) ** 2
+    big = (2 * jnp.tanh(safe / 2) - safe * sech2) / (4 * safe**3)
+    return b * jnp.where(c < _SMALL_C, 1.0 / 24.0 - c**2 / 120.0, big)
+
+
+def sample_gamma(key: jax.Array, shape_param: jnp.ndarray) -> jnp.ndarray:
+    """Exact ``Gamma(a, 1)`` draws, elementwise over ``a > 0`` (Marsaglia-Tsang).
+
+    All elements propose at once; a ``while_loop`` redraws only until every element has
+    accepted (acceptance is above 95 % for every shape), so the cost is a few vectorised
+    passes. Shapes below 1 use ``Gamma(a) = Gamma(a + 1) U^{1/a}``.
+    """
+    a = jnp.asarray(shape_param)
+    boost = a < 1.0
+    a1 = jnp.where(boost, a + 1.0, a)
+    d = a1 - 1.0 / 3.0
+    cc = 1.0 / jnp.sqrt(9.0 * d)
+    key, key_boost = jax.random.split(key)
+
+    def propose(k):
+        kx, ku = jax.random.split(k)
+        x = jax.random.normal(kx, a.shape, a.dtype)
+        u = jax.random.uniform(ku, a.shape, a.dtype, minval=1e-300)
+        v = (1.0 + cc * x) ** 3
+        ok = (v > 0) & (jnp.log(u) < 0.5 * x**2 + d - d * v + d * jnp.log(jnp.where(v > 0, v,
+                                                                                      1.0)))
+        return d * v, ok
+
+    def cond(carry):
+        return ~jnp.all(carry[1])
+
+    def body(carry):
+        value, accepted, k = carry
+        k, sub = jax.random.split(k)
+        new, ok = propose(sub)
+        take = ~accepted & ok
+        return jnp.where(take, new, value), accepted | ok, k
+
+    key, sub = jax.random.split(key)
+    value, accepted = propose(sub)
+    value, _, _ = lax.while_loop(cond, body, (value, accepted, key))
+    u = jax.random.uniform(key_boost, a.shape, a.dtype, minval=1e-300)
+    return jnp.where(boost, value * u ** (1.0 / jnp.where(boost, a, 1.0)), value)
+
+
+def sample_pg(key: jax.Array, b: jnp.ndarray, c: jnp.ndarray, n_terms: int = 2) -> jnp.ndarray:
+    """Draw ``PG(b, c)`` elementwise (``b > 0`` real, ``c`` real; broadcast together).
+
+    Parameters
+    ----------
+    key
+        PRNG key.
+    b, c
+        Shape and tilting parameters.
+    n_terms
+        Number of leading gamma summands drawn exactly; the rest is one moment-matched
+        gamma. The mean and variance are exact for any value.
+
+    Returns
+    -------
+    jax.Array
+        Draws with the broadcast shape of ``b`` and ``c``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> w = sample_pg(jax.random.PRNGKey(0), jnp.full(20000, 3.0), jnp.full(20000, 1.5))
+    >>> bool(abs(w.mean() - pg_mean(3.0, 1.5)) < 0.01)
+    True
+    """
+    b, c = jnp.broadcast_arrays(jnp.asarray(b, float), jnp.asarray(c, float))
+    c = jnp.abs(c)
+    k = jnp.arange(1, n_terms + 1, dtype=b.dtype)
+    denom = (k - 0.5) ** 2 + (c[..., None] / (2 * jnp.pi)) ** 2
+    weights = 1.0 / (2 * jnp.pi**2 * denom)
+    key_head, key_tail = jax.random.split(key)
+    head_shape = jnp.broadcast_to(b[..., None], denom.shape)
+    head = jnp.sum(weights * sample_gamma(key_head, head_shape), axis=-1)
+    tail_mean = pg_mean(b, c) - b * jnp.sum(weights, axis=-1)
+    tail_var = pg_variance(b, c) - b * jnp.sum(weights**2, axis=-1)
+    tail_mean = jnp.maximum(tail_mean, 1e-300)
+    tail_var = jnp.maximum(tail_var, 1e-300)
+    shape = tail_mean**2 / tail_var
+    tail = sample_gamma(key_tail, shape) * (tail_var / tail_mean)
+    return head + tail
