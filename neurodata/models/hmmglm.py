@@ -1,0 +1,991 @@
+"""State-switching coupled GLMs (HMM-GLM) with Gaussian and one-hot priors (Li et al., ICLR 2024).
+
+A hidden Markov chain ``z_t`` over brain states; in state ``s`` neuron ``n`` fires with rate
+``f(b_n + sum_{n', b} W[s, n, n', b] h[t, n', b])`` where ``h`` is the spike history of every
+neuron filtered with a basis (:mod:`neurodata.models._jax.basis`). Priors tie the states to
+one learnable global structure:
+
+- ``prior="none"``: free per-state weights (the Escola et al. 2011 HMM-GLM);
+- ``prior="gaussian"``: ``W_s ~ N(W_bar, sigma^2)`` with a learnable global mean ``W_bar``
+  and spread ``sigma``, both updated in closed form;
+- ``prior="onehot"``: ``W_s = (a_exc - a_inh) * softplus(w_s)`` with an adjacency
+  ``a_s`` in {inh, none, exc} whose prior is a Concrete (Gumbel-softmax) distribution
+  around learnable global class probabilities; relaxed samples in training, hardened to
+  one-hot at test time.
+
+Fitting is generalised EM: a forward-backward E-step (:mod:`neurodata.models._jax.hmm`,
+sequential ``lax.scan`` or parallel ``lax.associative_scan``; trials and sessions are
+concatenated with resets, so unequal lengths need no padding); an M-step with closed-form
+transitions under a sticky Dirichlet prior and GLM weights by L-BFGS where the objective is
+concave (no or Gaussian prior, Poisson with exp/softplus link or Bernoulli with sigmoid
+link) or Adam otherwise; several restarts are vmapped and the best is kept.
+
+Everything runs in float64.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+from jax import lax
+from jax.scipy.special import gammaln
+
+from neurodata.errors import InputDataError
+from neurodata.models._base import NeurodataModel
+from neurodata.models._jax.basis import filter_history, make_basis
+from neurodata.models._jax.hmm import (
+    hmm_filter,
+    hmm_filter_parallel,
+    hmm_smoother,
+    hmm_smoother_parallel,
+    hmm_viterbi,
+)
+from neurodata.models._jax.loop import iterate
+
+__all__ = ["HMMGLM", "simulate", "select_n_states", "match_states", "bits_per_spike"]
+
+PRIORS = ("none", "gaussian", "onehot")
+LINKS = ("softplus", "sigmoid", "exp")
+OBSERVATIONS = ("poisson", "bernoulli")
+CLASSES = ("inh", "none", "exc")
+_RATE_FLOOR = 1e-8
+_LOGIT_FLOOR = -20.0  # guards the one-hot prior against collapsing logits (reference: e^-20)
+_TRANS_FLOOR = float(np.exp(-8.0))
+
+
+# --------------------------------------------------------------------------- functional core
+
+
+class GLMParams(NamedTuple):
+    """Emission parameters; the unused fields of a prior stay at zero."""
+
+    bias: jnp.ndarray
+    """``(S, N)`` or ``(1, N)`` when shared across states."""
+    weight: jnp.ndarray
+    """``(S, N_post, N_pre, B)``; for the one-hot prior the pre-softplus magnitude."""
+    adj_logits: jnp.ndarray
+    """``(S, N_post, N_pre, 3)`` adjacency logits over (inh, none, exc) (one-hot prior)."""
+    global_mean: jnp.ndarray
+    """``(N_post, N_pre, B)`` global mean ``W_bar`` (Gaussian prior)."""
+    global_logits: jnp.ndarray
+    """``(N_post, N_pre, 3)`` global class logits (one-hot prior)."""
+    log_sigma: jnp.ndarray
+    """Scalar log spread of the Gaussian prior."""
+
+
+class Params(NamedTuple):
+    """All parameters of one HMM-GLM."""
+
+    initial: jnp.ndarray
+    transition: jnp.ndarray
+    glm: GLMParams
+
+
+class _Config(NamedTuple):
+    n_states: int
+    prior: str
+    observation: str
+    link: str
+    self_coupling: bool
+    sticky: float
+    prior_scale: float
+    temperature: float
+    m_steps: int
+    learning_rate: float
+    parallel: bool
+
+
+class _Data(NamedTuple):
+    counts: jnp.ndarray  # (T, N)
+    features: jnp.ndarray  # (T, N * B)
+    resets: jnp.ndarray  # (T,)
+
+
+def _inverse_link(eta, link):
+    if link == "exp":
+        return jnp.exp(eta)
+    if link == "softplus":
+        return jax.nn.softplus(eta)
+    return jax.nn.sigmoid(eta)
+
+
+def _link(rate, link):
+    if link == "exp":
+        return np.log(rate)
+    if link == "softplus":
+        return np.log(np.expm1(rate))
+    return np.log(rate / (1 - rate))
+
+
+def _uses_lbfgs(cfg: _Config) -> bool:
+    concave = (cfg.observation == "poisson" and cfg.link in ("exp", "softplus")) or (
+        cfg.observation == "bernoulli" and cfg.link == "sigmoid"
+    )
+    return concave and cfg.prior != "onehot"
+
+
+def effective_weights(glm: GLMParams, cfg: _Config, *, hard: bool = False, key=None):
+    """Per-state coupling ``(S, N_post, N_pre, B)`` from the parameters.
+
+    For the one-hot prior the adjacency is ``one_hot(argmax)`` when ``hard``, a
+    Gumbel-softmax sample at ``cfg.temperature`` when ``key`` is given, else the softmax.
+    """
+    if cfg.prior == "onehot":
+        if hard:
+            adj = jax.nn.one_hot(jnp.argmax(glm.adj_logits, -1), 3, dtype=glm.weight.dtype)
+        elif key is not None:
+            gumbel = jax.random.gumbel(key, glm.adj_logits.shape, glm.adj_logits.dtype)
+            adj = jax.nn.softmax((glm.adj_logits + gumbel) / cfg.temperature, axis=-1)
+        else:
+            adj = jax.nn.softmax(glm.adj_logits, axis=-1)
+        w = (adj[..., 2] - adj[..., 0])[..., None] * jax.nn.softplus(glm.weight)
+    else:
+        w = glm.weight
+    if not cfg.self_coupling:
+        n = w.shape[1]
+        w = w * (1.0 - jnp.eye(n, dtype=w.dtype))[None, :, :, None]
+    return w
+
+
+def emission_loglik(glm: GLMParams, weights, data: _Data, cfg: _Config):
+    """``(T, S)`` log p(x_t | z_t = s): all states in one batched contraction."""
+    s, n = weights.shape[:2]
+    eta = jnp.einsum("tf,snf->tsn", data.features, weights.reshape(s, n, -1)) + glm.bias[None]
+    x = data.counts[:, None, :]
+    if cfg.observation == "bernoulli":
+        if cfg.link == "sigmoid":
+            ll = x * jax.nn.log_sigmoid(eta) + (1 - x) * jax.nn.log_sigmoid(-eta)
+        else:
+            p = jnp.clip(_inverse_link(eta, cfg.link), _RATE_FLOOR, 1 - _RATE_FLOOR)
+            ll = x * jnp.log(p) + (1 - x) * jnp.log1p(-p)
+    else:
+        if cfg.link == "exp":
+            log_rate, rate = eta, jnp.exp(eta)
+        else:
+            rate = _inverse_link(eta, cfg.link) + _RATE_FLOOR
+            log_rate = jnp.log(rate)
+        ll = x * log_rate - rate - gammaln(x + 1.0)
+    return jnp.sum(ll, axis=-1)
+
+
+def log_prior(glm: GLMParams, cfg: _Config):
+    """Log density of the per-state weights under the tying prior (0 for ``"none"``)."""
+    if cfg.prior == "gaussian":
+        sigma2 = jnp.exp(2 * glm.log_sigma)
+        diff = glm.weight - glm.global_mean[None]
+        return -0.5 * jnp.sum(diff**2) / sigma2 - diff.size * glm.log_sigma
+    if cfg.prior == "onehot":
+        # Concrete density of the relaxed adjacency softmax(logits) around the global class
+        # probabilities (Maddison et al. 2017; reference: gumbel_softmax_log_likelihood).
+        n_class, tau = 3, cfg.temperature
+        log_a = jnp.maximum(jax.nn.log_softmax(glm.adj_logits, -1), _LOGIT_FLOOR)
+        log_abar = jax.nn.log_softmax(glm.global_logits, -1)[None]
+        dens = (gammaln(float(n_class)) + (n_class - 1) * jnp.log(tau)
+                - n_class * jax.nn.logsumexp(log_abar - tau * log_a, axis=-1)
+                + jnp.sum(log_abar - (tau + 1) * log_a, axis=-1))
+        return jnp.sum(dens)
+    return jnp.zeros((), glm.weight.dtype)
+
+
+def _posterior(params: Params, data: _Data, cfg: _Config, weights):
+    ll = emission_loglik(params.glm, weights, data, cfg)
+    smoother = hmm_smoother_parallel if cfg.parallel else hmm_smoother
+    return smoother(params.initial, params.transition, ll, data.resets)
+
+
+def marginal_loglik(params: Params, data: _Data, cfg: _Config, *, hard: bool = True):
+    """``log p(x)`` by the forward algorithm (the held-out criterion)."""
+    weights = effective_weights(params.glm, cfg, hard=hard)
+    ll = emission_loglik(params.glm, weights, data, cfg)
+    if cfg.parallel:
+        return hmm_filter_parallel(params.initial, params.transition, ll, data.resets)[0]
+    return hmm_filter(params.initial, params.transition, ll, data.resets)[0]
+
+
+def _update_transitions(post, cfg: _Config):
+    n = cfg.n_states
+    counts = post.expected_transitions + cfg.sticky * jnp.eye(n)
+    trans = counts / jnp.maximum(jnp.sum(counts, 1, keepdims=True), 1e-300)
+    trans = jnp.maximum(trans, _TRANS_FLOOR)
+    trans = trans / jnp.sum(trans, 1, keepdims=True)
+    initial = (post.expected_initial + 1.0) / (jnp.sum(post.expected_initial) + n)
+    return initial, trans
+
+
+def _close_gaussian(glm: GLMParams, cfg: _Config) -> GLMParams:
+    # Closed-form maximisers of the Gaussian prior: W_bar is the state mean; sigma^2 is the
+    # posterior mode under a scaled-inverse-chi^2 prior centred on prior_scale and worth as
+    # many pseudo-observations as there are weights (it keeps the MAP from collapsing to 0).
+    mean = jnp.mean(glm.weight, axis=0)
+    ss = jnp.sum((glm.weight - mean[None]) ** 2)
+    n = glm.weight.size
+    sigma2 = (ss + n * cfg.prior_scale**2) / (2 * n + 2)
+    return glm._replace(global_mean=mean, log_sigma=0.5 * jnp.log(sigma2))
+
+
+def _m_step_objective(glm: GLMParams, gamma, data: _Data, cfg: _Config, scale, key=None):
+    weights = effective_weights(glm, cfg, key=key)
+    ll = emission_loglik(glm, weights, data, cfg)
+    return -(jnp.sum(gamma * ll) + log_prior(glm, cfg)) / scale
+
+
+def _make_em_step(cfg: _Config, data: _Data):
+    scale = float(data.counts.size)
+    lbfgs = _uses_lbfgs(cfg)
+    adam = optax.adam(cfg.learning_rate)
+
+    def glm_lbfgs(glm: GLMParams, gamma):
+        def fun(free):
+            bias, weight = free
+            return _m_step_objective(glm._replace(bias=bias, weight=weight), gamma, data, cfg,
+                                     scale)
+
+        opt = optax.lbfgs()
+        value_and_grad = optax.value_and_grad_from_state(fun)
+        free = (glm.bias, glm.weight)
+
+        def body(_, carry):
+            free, state = carry
+            value, grad = value_and_grad(free, state=state)
+            updates, state = opt.update(grad, state, free, value=value, grad=grad,
+                                        value_fn=fun)
+            return optax.apply_updates(free, updates), state
+
+        free, _ = lax.fori_loop(0, cfg.m_steps, body, (free, opt.init(free)))
+        glm = glm._replace(bias=free[0], weight=free[1])
+        return _close_gaussian(glm, cfg) if cfg.prior == "gaussian" else glm
+
+    def glm_adam(glm: GLMParams, opt_state, gamma, key):
+        def body(i, carry):
+            glm, opt_state = carry
+            sub = jax.random.fold_in(key, i) if cfg.prior == "onehot" else None
+            grad = jax.grad(_m_step_objective)(glm, gamma, data, cfg, scale, sub)
+            updates, opt_state = adam.update(grad, opt_state, glm)
+            glm = optax.apply_updates(glm, updates)
+            if cfg.prior == "gaussian":
+                glm = _close_gaussian(glm, cfg)
+            return glm, opt_state
+
+        return lax.fori_loop(0, cfg.m_steps, body, (glm, opt_state))
+
+    def step(carry):
+        params, opt_state, key = carry
+        key, sub = jax.random.split(key)
+        weights = effective_weights(params.glm, cfg)
+        post = _posterior(params, data, cfg, weights)
+        objective = post.marginal_loglik + log_prior(params.glm, cfg)
+        initial, trans = _update_transitions(post, cfg)
+        gamma = lax.stop_gradient(post.smoothed_probs)
+        if lbfgs:
+            glm = glm_lbfgs(params.glm, gamma)
+        else:
+            glm, opt_state = glm_adam(params.glm, opt_state, gamma, sub)
+        return (Params(initial, trans, glm), opt_state, key), objective
+
+    return step, adam
+
+
+def _init_params(key, cfg: _Config, n_neurons: int, n_basis: int, rates: np.ndarray,
+                 shared_bias: bool) -> Params:
+    s, n, b = cfg.n_states, n_neurons, n_basis
+    k_w, k_a, k_b = jax.random.split(key, 3)
+    rate = np.clip(rates, 1e-3, 0.9 if cfg.link == "sigmoid" or cfg.observation == "bernoulli"
+                   else None)
+    bias = jnp.asarray(_link(rate, cfg.link))[None].repeat(1 if shared_bias else s, 0)
+    bias = bias + (0.0 if shared_bias else 0.1 * jax.random.normal(k_b, bias.shape))
+    weight = 0.3 * jax.random.normal(k_w, (s, n, n, b))
+    adj_logits = jnp.zeros((s, n, n, 3))
+    global_logits = jnp.zeros((n, n, 3))
+    if cfg.prior == "onehot":
+        weight = jnp.full((s, n, n, b), float(np.log(np.expm1(0.5)))) + 0.1 * weight
+        adj_logits = 0.5 * jax.random.normal(k_a, (s, n, n, 3))
+    trans = (0.98 - 0.02 / max(s - 1, 1)) * np.eye(s) + 0.02 / max(s - 1, 1)
+    trans = jnp.asarray(trans if s > 1 else np.ones((1, 1)))
+    glm = GLMParams(bias, weight, adj_logits, jnp.mean(weight, 0), global_logits,
+                    jnp.asarray(np.log(cfg.prior_scale)))
+    return Params(jnp.full(s, 1.0 / s), trans, glm)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_helpers(cfg: _Config):
+    def proba(params, data):
+        weights = effective_weights(params.glm, cfg, hard=True)
+        return _posterior(params, data, cfg, weights).smoothed_probs
+
+    def viterbi(params, data):
+        weights = effective_weights(params.glm, cfg, hard=True)
+        ll = emission_loglik(params.glm, weights, data, cfg)
+        return hmm_viterbi(params.initial, params.transition, ll, data.resets)
+
+    def loglik(params, data):
+        return marginal_loglik(params, data, cfg)
+
+    return jax.jit(proba), jax.jit(viterbi), jax.jit(loglik)
+
+
+# --------------------------------------------------------------------------- data handling
+
+
+def _datasets(ds) -> list[xr.Dataset]:
+    items = list(ds) if isinstance(ds, list | tuple) else [ds]
+    if not items:
+        raise InputDataError("ds is an empty list; give a dataset or a list of datasets.")
+    for item in items:
+        if not isinstance(item, xr.Dataset) or "activity" not in item:
+            raise InputDataError(
+                "ds must be an xarray.Dataset with an 'activity' variable (time, neuron) or "
+                "(trial, time, neuron), or a list of them (sessions)."
+            )
+    return items
+
+
+def _sequences(ds, observation: str) -> tuple[list[np.ndarray], list[tuple]]:
+    """Validated count arrays ``(T_i, N)``, one per trial or session, and their origin."""
+    seqs, origin = [], []
+    n_neurons = None
+    for i, item in enumerate(_datasets(ds)):
+        act = item["activity"]
+        if act.dims not in (("time", "neuron"), ("trial", "time", "neuron")):
+            act = act.transpose(*[d for d in ("trial", "time", "neuron") if d in act.dims])
+        values = np.asarray(act.values, dtype=float)
+        name = "ds" if len(_datasets(ds)) == 1 else f"ds[{i}]"
+        if np.isnan(values).any():
+            raise InputDataError(
+                f"{name}.activity contains NaN; HMMGLM needs complete spike counts (drop or "
+                "cut out the missing stretches and pass the pieces as a list of datasets)."
+            )
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise InputDataError(f"{name}.activity has negative or infinite values; give "
+                                 "spike counts.")
+        if np.any(values != np.round(values)):
+            raise InputDataError(
+                f"{name}.activity holds non-integer values, but observation={observation!r} "
+                "models spike counts; bin spikes (neurodata.bin_spikes) instead of smoothing."
+            )
+        if observation == "bernoulli" and values.max(initial=0) > 1:
+            raise InputDataError(
+                f"{name}.activity has counts above 1, which observation='bernoulli' cannot "
+                "model; use smaller bins, clip with (activity > 0), or use 'poisson'."
+            )
+        if n_neurons is not None and values.shape[-1] != n_neurons:
+            raise InputDataError(f"{name} has {values.shape[-1]} neurons; the others have "
+                                 f"{n_neurons}.")
+        n_neurons = values.shape[-1]
+        if values.ndim == 2:
+            seqs.append(values)
+            origin.append((i, None))
+        else:
+            for r in range(values.shape[0]):
+                seqs.append(values[r])
+                origin.append((i, r))
+    return seqs, origin
+
+
+def _design(seqs: list[np.ndarray], basis: np.ndarray, history_bins: int) -> _Data:
+    for seq in seqs:
+        if seq.shape[0] <= history_bins:
+            raise InputDataError(
+                f"a trial has {seq.shape[0]} time bins, not more than history_bins="
+                f"{history_bins}; shorten the history or use longer trials."
+            )
+    feats = [np.asarray(filter_history(jnp.asarray(s), jnp.asarray(basis))) for s in seqs]
+    counts = np.concatenate(seqs)
+    features = np.concatenate([f.reshape(f.shape[0], -1) for f in feats])
+    resets = np.zeros(counts.shape[0], bool)
+    resets[np.cumsum([0] + [s.shape[0] for s in seqs[:-1]])] = True
+    return _Data(jnp.asarray(counts), jnp.asarray(features), jnp.asarray(resets))
+
+
+def _split(values: np.ndarray, seqs: list[np.ndarray]) -> list[np.ndarray]:
+    return np.split(values, np.cumsum([s.shape[0] for s in seqs[:-1]]))
+
+
+def _constant_loglik(counts: np.ndarray, rates: np.ndarray, observation: str) -> float:
+    rates = np.clip(rates, _RATE_FLOOR, 1 - _RATE_FLOOR if observation == "bernoulli" else None)
+    if observation == "bernoulli":
+        return float(np.sum(counts * np.log(rates) + (1 - counts) * np.log1p(-rates)))
+    from scipy.special import gammaln as np_gammaln
+
+    return float(np.sum(counts * np.log(rates) - rates - np_gammaln(counts + 1)))
+
+
+def bits_per_spike(loglik: float, counts: np.ndarray, rates: np.ndarray,
+                   observation: str = "poisson") -> float:
+    """Log-likelihood gain over each neuron's constant rate, in bits per spike.
+
+    Parameters
+    ----------
+    loglik
+        Marginal log-likelihood (nats) of ``counts`` under the model.
+    counts
+        ``(T, N)`` the counts it was evaluated on.
+    rates
+        ``(N,)`` constant per-bin rates from the training set.
+    observation
+        ``"poisson"`` or ``"bernoulli"``.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[1.0], [0.0]])
+    >>> round(bits_per_spike(-1.0, x, np.array([0.5])), 3)
+    0.558
+    """
+    n_spikes = float(np.sum(counts))
+    base = _constant_loglik(counts, rates, observation)
+    return (loglik - base) / (max(n_spikes, 1.0) * np.log(2.0))
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+class HMMGLM(NeurodataModel):
+    """Hidden-Markov switching between coupled spiking GLMs, with tying priors.
+
+    Parameters
+    ----------
+    n_states
+        Number of hidden states ``S``.
+    prior
+        ``"none"`` (free per-state weights), ``"gaussian"`` (around a learnable global
+        mean with a learnable spread) or ``"onehot"`` (3-class adjacency around learnable
+        global class probabilities, non-negative strengths).
+    observation
+        ``"poisson"`` or ``"bernoulli"``.
+    link
+        Inverse link ``"softplus"``, ``"sigmoid"`` (the reference code's; rates below 1 per
+        bin) or ``"exp"``.
+    basis
+        History basis ``"exp"`` or ``"raised_cosine"`` (log-stretched).
+    history_bins
+        Length of the spike history in bins.
+    n_basis
+        Number of basis functions.
+    sticky
+        Extra Dirichlet pseudo-counts on the diagonal of the transition matrix.
+    self_coupling
+        Keep each neuron's own history term (``False`` zeroes the diagonal).
+    shared_bias
+        One bias per neuron shared by the states (default) or one per state.
+    prior_scale
+        Gaussian prior: centre of the spread's prior (the reference fixes 1/3).
+    temperature
+        One-hot prior: Gumbel-softmax temperature.
+    n_restarts
+        Random restarts run in parallel (vmapped); the one with the best final objective
+        (log-likelihood plus log-prior on the training data) is kept.
+    max_iter
+        EM iterations.
+    m_steps
+        Optimiser steps per M-step (L-BFGS iterations or Adam steps).
+    learning_rate
+        Adam step size (priors or links where the M-step is not concave).
+    tol
+        Relative change of the objective at which EM stops (0: run ``max_iter``).
+    parallel
+        Use the associative-scan E-step (faster for long sequences on a GPU).
+    progress
+        Show a progress bar.
+    seed
+        Seed of the initialisation and of the Gumbel noise.
+
+    Attributes
+    ----------
+    coupling_ : xarray.DataArray
+        ``(state, post, pre, basis)`` effective weights (hardened for ``"onehot"``).
+    global_structure_ : xarray.DataArray
+        ``(post, pre)`` global mean (``"gaussian"``; summed over the basis) or
+        ``(post, pre, edge_class)`` class probabilities (``"onehot"``); for ``"none"`` the
+        state mean of the coupling.
+    transition_ : xarray.DataArray
+        ``(state, next_state)`` transition matrix.
+    bias_ : xarray.DataArray
+        ``(state, neuron)`` biases.
+    rates_ : numpy.ndarray
+        Per-neuron constant training rates (the bits/spike baseline).
+
+    Examples
+    --------
+    >>> from neurodata.models.hmmglm import HMMGLM, simulate
+    >>> ds, truth = simulate(n_states=2, n_neurons=4, n_time=200, n_trials=2, seed=0)
+    >>> model = HMMGLM(2, link="sigmoid", max_iter=5, n_restarts=1).fit(ds)
+    >>> model.predict_proba(ds).dims
+    ('trial', 'time', 'state')
+    """
+
+    def __init__(
+        self,
+        n_states: int = 3,
+        *,
+        prior: str = "none",
+        observation: str = "poisson",
+        link: str = "softplus",
+        basis: str = "exp",
+        history_bins: int = 5,
+        n_basis: int = 1,
+        sticky: float = 10.0,
+        self_coupling: bool = True,
+        shared_bias: bool = True,
+        prior_scale: float = 1.0 / 3.0,
+        temperature: float = 0.2,
+        n_restarts: int = 3,
+        max_iter: int = 100,
+        m_steps: int = 20,
+        learning_rate: float = 0.05,
+        tol: float = 1e-7,
+        parallel: bool = False,
+        progress: bool = False,
+        seed: int = 0,
+    ):
+        self.n_states = n_states
+        self.prior = prior
+        self.observation = observation
+        self.link = link
+        self.basis = basis
+        self.history_bins = history_bins
+        self.n_basis = n_basis
+        self.sticky = sticky
+        self.self_coupling = self_coupling
+        self.shared_bias = shared_bias
+        self.prior_scale = prior_scale
+        self.temperature = temperature
+        self.n_restarts = n_restarts
+        self.max_iter = max_iter
+        self.m_steps = m_steps
+        self.learning_rate = learning_rate
+        self.tol = tol
+        self.parallel = parallel
+        self.progress = progress
+        self.seed = seed
+
+    # ------------------------------------------------------------------ helpers
+    def _config(self) -> _Config:
+        for name, value, allowed in (("prior", self.prior, PRIORS),
+                                     ("observation", self.observation, OBSERVATIONS),
+                                     ("link", self.link, LINKS)):
+            if value not in allowed:
+                raise InputDataError(f"{name}={value!r} is not one of {list(allowed)}.")
+        if int(self.n_states) != self.n_states or self.n_states < 1:
+            raise InputDataError(f"n_states={self.n_states!r}; give a positive integer.")
+        return _Config(int(self.n_states), self.prior, self.observation, self.link,
+                       bool(self.self_coupling), float(self.sticky), float(self.prior_scale),
+                       float(self.temperature), int(self.m_steps), float(self.learning_rate),
+                       bool(self.parallel))
+
+    def _params(self) -> Params:
+        p = self.params_
+        glm = GLMParams(*(jnp.asarray(p[f]) for f in GLMParams._fields))
+        return Params(jnp.asarray(p["initial"]), jnp.asarray(p["transition"]), glm)
+
+    def _prepare(self, ds) -> tuple[list[np.ndarray], list[tuple], _Data]:
+        seqs, origin = _sequences(ds, self.observation)
+        if hasattr(self, "neuron_id_") and seqs[0].shape[1] != len(self.neuron_id_):
+            raise InputDataError(f"ds has {seqs[0].shape[1]} neurons; the model was fitted "
+                                 f"on {len(self.neuron_id_)}.")
+        return seqs, origin, _design(seqs, np.asarray(self.basis_), self.history_bins)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, ds) -> HMMGLM:
+        """Fit by generalised EM.
+
+        Parameters
+        ----------
+        ds
+            Dataset with ``activity`` (time, neuron) or (trial, time, neuron) spike counts,
+            or a list of such datasets (sessions of different lengths).
+
+        Returns
+        -------
+        HMMGLM
+        """
+        cfg = self._config()
+        basis = make_basis(self.basis, self.history_bins, self.n_basis)
+        seqs, _ = _sequences(ds, self.observation)
+        counts = np.concatenate(seqs)
+        silent = np.flatnonzero(counts.sum(0) == 0)
+        first = _datasets(ds)[0]
+        ids = np.asarray(first["neuron_id"].values if "neuron_id" in first.coords
+                         else np.arange(counts.shape[1])).astype(str)
+        if silent.size:
+            raise InputDataError(
+                f"neurons {ids[silent].tolist()} have no spikes in ds; their weights are not "
+                "identifiable. Drop them first (e.g. neurodata.preprocess.select_neurons)."
+            )
+        data = _design(seqs, basis, self.history_bins)
+        rates = counts.mean(0)
+        n, b = counts.shape[1], basis.shape[1]
+        keys = jax.random.split(jax.random.PRNGKey(self.seed), int(self.n_restarts))
+        params = jax.vmap(lambda k: _init_params(k, cfg, n, b, rates, self.shared_bias))(keys)
+        step, adam = _make_em_step(cfg, data)
+        opt_state = jax.vmap(adam.init)(params.glm)
+        run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        batched = jax.vmap(step)
+
+        def all_restarts(state):
+            carry, objectives = batched(state[0])
+            return (carry, objectives), jnp.max(objectives)
+
+        state = (params, opt_state, run_keys), jnp.full(len(keys), -jnp.inf)
+        result = iterate(all_restarts, state, max_iter=int(self.max_iter), tol=float(self.tol),
+                         desc="HMMGLM", progress=self.progress)
+        (params, _, _), objectives = result.state
+        _, _, loglik = _jitted_helpers(cfg)
+        final = np.asarray(jax.vmap(lambda p: loglik(p, data) + log_prior(p.glm, cfg))(params))
+        final = np.where(np.isfinite(final), final, -np.inf)
+        best = int(np.argmax(final))
+        params = jax.tree_util.tree_map(lambda a: a[best], params)
+        self.params_ = {"initial": np.asarray(params.initial),
+                        "transition": np.asarray(params.transition),
+                        **{f: np.asarray(getattr(params.glm, f)) for f in GLMParams._fields}}
+        self.basis_ = basis
+        self.rates_ = rates
+        self.neuron_id_ = ids
+        self.objective_history_ = result.objectives
+        self.restart_objectives_ = final
+        self.converged_ = bool(result.converged)
+        self.train_loglik_ = float(loglik(params, data))
+        self._set_outputs()
+        return self
+
+    def _set_outputs(self) -> None:
+        cfg = self._config()
+        params = self._params()
+        ids = self.neuron_id_
+        states = np.arange(cfg.n_states)
+        w = np.asarray(effective_weights(params.glm, cfg, hard=True))
+        self.coupling_ = xr.DataArray(
+            w, dims=("state", "post", "pre", "basis"),
+            coords={"state": states, "post": ids, "pre": ids, "basis": np.arange(w.shape[-1])},
+            attrs={"description": "per-state coupling weights, post <- pre"},
+        )
+        if cfg.prior == "onehot":
+            probs = np.asarray(jax.nn.softmax(params.glm.global_logits, -1))
+            if not cfg.self_coupling:
+                probs[np.arange(len(ids)), np.arange(len(ids))] = [0.0, 1.0, 0.0]
+            self.global_structure_ = xr.DataArray(
+                probs, dims=("post", "pre", "edge_class"),
+                coords={"post": ids, "pre": ids, "edge_class": list(CLASSES)},
+                attrs={"description": "global class probabilities (inh, none, exc)"},
+            )
+        else:
+            mean = (np.asarray(params.glm.global_mean) if cfg.prior == "gaussian"
+                    else w.mean(0))
+            if not cfg.self_coupling:
+                mean = mean * (1 - np.eye(len(ids)))[:, :, None]
+            self.global_structure_ = xr.DataArray(
+                mean.sum(-1), dims=("post", "pre"), coords={"post": ids, "pre": ids},
+                attrs={"description": "global mean coupling (summed over the basis)",
+                       "sigma": float(np.exp(params.glm.log_sigma))
+                       if cfg.prior == "gaussian" else 0.0},
+            )
+        self.transition_ = xr.DataArray(np.asarray(params.transition),
+                                        dims=("state", "next_state"),
+                                        coords={"state": states, "next_state": states})
+        bias = np.broadcast_to(np.asarray(params.glm.bias), (cfg.n_states, len(ids)))
+        self.bias_ = xr.DataArray(bias.copy(), dims=("state", "neuron"),
+                                  coords={"state": states, "neuron_id": ("neuron", ids)})
+
+    def _after_load(self) -> None:
+        self._set_outputs()
+
+    # ------------------------------------------------------------------ outputs
+    def _per_sequence(self, ds, values: np.ndarray, origin, seqs, extra_dims, extra_coords):
+        items = _datasets(ds)
+        parts = _split(values, seqs)
+        out = []
+        for i, item in enumerate(items):
+            mine = [p for p, (j, _) in zip(parts, origin, strict=True) if j == i]
+            act = item["activity"]
+            coords = {"time": act["time"].values, **extra_coords}
+            if "trial" in act.dims:
+                arr = np.stack(mine)
+                coords["trial"] = act["trial"].values
+                out.append(xr.DataArray(arr, dims=("trial", "time", *extra_dims), coords=coords))
+            else:
+                out.append(xr.DataArray(mine[0], dims=("time", *extra_dims), coords=coords))
+        return out if isinstance(ds, list | tuple) else out[0]
+
+    def predict_proba(self, ds) -> xr.DataArray:
+        """Posterior state probabilities ``(trial, time, state)`` or ``(time, state)``.
+
+        Parameters
+        ----------
+        ds
+            Dataset (or list of datasets) like the training data.
+
+        Returns
+        -------
+        xarray.DataArray
+            A list of them when ``ds`` is a list.
+        """
+        self._check_fitted()
+        seqs, origin, data = self._prepare(ds)
+        proba, _, _ = _jitted_helpers(self._config())
+        gamma = np.asarray(proba(self._params(), data))
+        return self._per_sequence(ds, gamma, origin, seqs, ("state",),
+                                  {"state": np.arange(self.n_states)})
+
+    def predict(self, ds) -> xr.DataArray:
+        """Most likely state path (Viterbi), ``(trial, time)`` or ``(time,)``, int."""
+        self._check_fitted()
+        seqs, origin, data = self._prepare(ds)
+        _, viterbi, _ = _jitted_helpers(self._config())
+        path = np.asarray(viterbi(self._params(), data))
+        return self._per_sequence(ds, path, origin, seqs, (), {})
+
+    def log_likelihood(self, ds) -> float:
+        """Marginal log-likelihood ``log p(x)`` (nats) by the forward algorithm."""
+        self._check_fitted()
+        _, _, data = self._prepare(ds)
+        _, _, loglik = _jitted_helpers(self._config())
+        return float(loglik(self._params(), data))
+
+    def score(self, ds, y=None) -> float:
+        """Held-out marginal log-likelihood in bits per spike over constant training rates."""
+        self._check_fitted()
+        seqs, _, data = self._prepare(ds)
+        _, _, loglik = _jitted_helpers(self._config())
+        return bits_per_spike(float(loglik(self._params(), data)), np.concatenate(seqs),
+                              self.rates_, self.observation)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def select_n_states(
+    ds: xr.Dataset,
+    n_states: Sequence[int] = (1, 2, 3, 4, 5, 6),
+    *,
+    n_folds: int = 3,
+    seed: int = 0,
+    tolerance: float = 0.0,
+    **model_kwargs: Any,
+) -> xr.Dataset:
+    """Choose the number of states by held-out bits/spike, cross-validated over trials.
+
+    Parameters
+    ----------
+    ds
+        Dataset with ``activity(trial, time, neuron)``.
+    n_states
+        Candidate numbers of states.
+    n_folds
+        Folds over trials (each trial is held out once).
+    seed
+        Seed of the fold assignment.
+    tolerance
+        The smallest ``S`` whose mean score is within ``tolerance`` bits/spike of the best
+        is chosen (0: the best).
+    **model_kwargs
+        Passed to :class:`HMMGLM`.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``bits_per_spike(n_states, fold)``, its ``mean``, and attr ``best_n_states``.
+
+    Examples
+    --------
+    >>> from neurodata.models.hmmglm import simulate, select_n_states
+    >>> ds, _ = simulate(n_states=1, n_neurons=3, n_time=100, n_trials=4, seed=0)
+    >>> res = select_n_states(ds, (1, 2), n_folds=2, link="sigmoid", max_iter=3, n_restarts=1)
+    >>> res.bits_per_spike.dims
+    ('n_states', 'fold')
+    """
+    if "trial" not in ds["activity"].dims:
+        raise InputDataError(
+            "select_n_states cross-validates over trials but ds.activity has no 'trial' dim; "
+            "cut the recording into windows first (neurodata.preprocess.cut_windows)."
+        )
+    n_trials = ds.sizes["trial"]
+    if n_trials < n_folds or n_folds < 2:
+        raise InputDataError(f"n_folds={n_folds} needs at least 2 folds and as many trials "
+                             f"(ds has {n_trials}).")
+    folds = np.random.default_rng(seed).permutation(n_trials) % n_folds
+    scores = np.zeros((len(n_states), n_folds))
+    for j in range(n_folds):
+        train = ds.isel(trial=np.flatnonzero(folds != j))
+        test = ds.isel(trial=np.flatnonzero(folds == j))
+        for i, s in enumerate(n_states):
+            model = HMMGLM(int(s), **model_kwargs).fit(train)
+            scores[i, j] = model.score(test)
+    mean = scores.mean(1)
+    best = int(np.asarray(n_states)[np.flatnonzero(mean >= mean.max() - tolerance)[0]])
+    return xr.Dataset(
+        {"bits_per_spike": (("n_states", "fold"), scores), "mean": ("n_states", mean)},
+        coords={"n_states": np.asarray(n_states), "fold": np.arange(n_folds)},
+        attrs={"best_n_states": best},
+    )
+
+
+def match_states(true_states: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Permutation aligning inferred states to true ones (Hungarian on the confusion matrix).
+
+    Parameters
+    ----------
+    true_states
+        ``(...)`` integer labels.
+    proba
+        ``(..., S)`` posterior probabilities (or one-hot decoded states).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``perm`` with ``perm[true_label] = inferred_label``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> match_states(np.array([0, 1, 1]), np.eye(2)[[1, 0, 0]]).tolist()
+    [1, 0]
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    s = proba.shape[-1]
+    true = np.asarray(true_states).ravel()
+    proba = np.asarray(proba).reshape(-1, s)
+    confusion = np.zeros((s, s))
+    for k in range(s):
+        confusion[k] = proba[true == k].sum(0)
+    rows, cols = linear_sum_assignment(-confusion)
+    perm = np.zeros(s, int)
+    perm[rows] = cols
+    return perm
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+def simulate(
+    n_states: int = 5,
+    n_neurons: int = 20,
+    n_time: int = 2000,
+    n_trials: int = 50,
+    *,
+    sparsity: float = 0.2,
+    exc_fraction: float = 0.5,
+    stay_prob: float = 0.98,
+    link: str = "sigmoid",
+    observation: str = "poisson",
+    basis: str = "exp",
+    history_bins: int = 5,
+    n_basis: int = 1,
+    bias: tuple[float, float] = (-0.05, 0.05),
+    strength: float = 3.0,
+    sampling_rate: float = 50.0,
+    seed: int = 0,
+) -> tuple[xr.Dataset, dict[str, np.ndarray]]:
+    """Draw spike trains from a one-hot HMM-GLM (the paper's synthetic protocol).
+
+    A global class probability ``a_bar ~ Dirichlet(2 [rho (1 - p_e), 1 - rho, rho p_e])``
+    per connection; each state's adjacency is a categorical draw from it; magnitudes
+    ``softplus(log(strength u))``, ``u ~ U(0, 1)``; biases uniform in ``bias``; sticky
+    transitions with ``stay_prob`` on the diagonal. For exp/softplus links a state whose
+    coupling has spectral radius at or above 1 is redrawn (stability check).
+
+    Parameters
+    ----------
+    n_states, n_neurons, n_time, n_trials
+        Sizes (the paper: 5, 20, 2000, 50).
+    sparsity, exc_fraction
+        ``rho`` and ``p_e``.
+    stay_prob
+        Diagonal of the transition matrix.
+    link, observation, basis, history_bins, n_basis
+        As in :class:`HMMGLM`.
+    bias
+        Range of the uniform biases.
+    strength
+        Scale of the coupling magnitudes.
+    sampling_rate
+        Bins per second of the output's time axis.
+    seed
+        Random seed.
+
+    Returns
+    -------
+    ds, truth
+        ``activity(trial, time, neuron)`` counts and a dict with ``states (trial, time)``,
+        ``weights (S, post, pre)``, ``adjacency (S, post, pre)`` in {-1, 0, 1},
+        ``global_probs (post, pre, 3)``, ``global_adjacency`` (argmax class, {-1, 0, 1}),
+        ``bias (N,)``, ``transition``, ``basis``.
+
+    Examples
+    --------
+    >>> ds, truth = simulate(n_states=2, n_neurons=3, n_time=50, n_trials=2, seed=1)
+    >>> ds.activity.shape, truth["states"].shape
+    ((2, 50, 3), (2, 50))
+    """
+    from neurodata.data import from_arrays
+
+    rng = np.random.default_rng(seed)
+    s, n = n_states, n_neurons
+    conc = 2.0 * np.array([sparsity * (1 - exc_fraction), 1 - sparsity, sparsity * exc_fraction])
+    global_probs = rng.dirichlet(np.maximum(conc, 1e-3), size=(n, n))
+    phi = make_basis(basis, history_bins, n_basis)
+    adjacency = np.zeros((s, n, n), int)
+    weights = np.zeros((s, n, n))
+    for k in range(s):
+        for _ in range(100):
+            cls = (rng.random((n, n, 1)) > np.cumsum(global_probs, -1)).sum(-1)
+            adj = np.minimum(cls, 2) - 1
+            mag = np.log1p(strength * rng.random((n, n)))
+            w = adj * mag
+            if link == "sigmoid" or np.max(np.abs(np.linalg.eigvals(w))) < 1.0:
+                break
+            strength *= 0.9
+        adjacency[k], weights[k] = adj, w
+    b = rng.uniform(bias[0], bias[1], size=n)
+    trans = np.full((s, s), (1 - stay_prob) / max(s - 1, 1))
+    np.fill_diagonal(trans, stay_prob if s > 1 else 1.0)
+
+    states = np.zeros((n_trials, n_time), int)
+    states[:, 0] = rng.integers(s, size=n_trials)
+    uniforms = rng.random((n_trials, n_time))
+    cum = np.cumsum(trans, 1)
+    for t in range(1, n_time):
+        states[:, t] = np.minimum((uniforms[:, t, None] > cum[states[:, t - 1]]).sum(1), s - 1)
+    # Per-basis weights: the same sign and magnitude on every basis function, so that the
+    # integrated filter is w (each basis function has unit area).
+    w_full = jnp.asarray(np.repeat(weights[..., None], phi.shape[1], -1) / phi.shape[1])
+    phi_j = jnp.asarray(phi)
+
+    def run_trial(key, z):
+        def step(carry, inputs):
+            past, key = carry  # past[k] = counts k+1 bins ago, (K, N)
+            z_t, = inputs
+            h = jnp.einsum("kn,kb->nb", past, phi_j)
+            eta = jnp.asarray(b) + jnp.einsum("mnb,nb->m", w_full[z_t], h)
+            rate = _inverse_link(eta, link)
+            key, sub = jax.random.split(key)
+            if observation == "bernoulli":
+                x = jax.random.bernoulli(sub, jnp.clip(rate, 0, 1)).astype(jnp.float64)
+            else:
+                x = jax.random.poisson(sub, rate).astype(jnp.float64)
+            past = jnp.concatenate([x[None], past[:-1]])
+            return (past, key), x
+
+        init = (jnp.zeros((history_bins, n)), key)
+        _, xs = lax.scan(step, init, (jnp.asarray(z),))
+        return xs
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_trials)
+    counts = np.asarray(jax.jit(jax.vmap(run_trial))(keys, jnp.asarray(states)))
+    ds = from_arrays(counts.astype(np.int64), sampling_rate=sampling_rate,
+                     attrs={"source": "neurodata.models.hmmglm.simulate"})
+    cls_global = np.argmax(global_probs, -1) - 1
+    truth = {"states": states, "weights": weights, "adjacency": adjacency,
+             "global_probs": global_probs, "global_adjacency": cls_global, "bias": b,
+             "transition": trans, "basis": phi}
+    return ds, truth
