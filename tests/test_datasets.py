@@ -254,35 +254,24 @@ def test_ci_entries_match_the_mirror_checksums(mirror, monkeypatch):
             assert sums[f.mirror_path] == f.sha256, (id_, f.name)
 
 
-def _loader_available(entry) -> bool:
-    import importlib.util
-
-    from neurodata.loaders import FORMATS
-
-    return importlib.util.find_spec(f"neurodata.loaders.{FORMATS.get(entry.loader, entry.loader)}"
-                                    ) is not None
-
-
 @pytest.mark.parametrize("dataset_id", ["stevenson2011-m1", "pynapple-phy-a8604",
                                         "suite2p-plane0-demo", "kriegeskorte2008-92images"])
 def test_ci_entry_loads_and_verifies(mirror, monkeypatch, tmp_path, dataset_id):
     monkeypatch.delenv("NEURODATA_REGISTRY", raising=False)
     monkeypatch.setenv("NEURODATA_DATA_DIR", str(tmp_path / "cache"))  # never download
-    entry = datasets.info(dataset_id)
-    if not _loader_available(entry):
-        pytest.skip(f"loader {entry.loader!r} has not landed yet")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            ds = datasets.verify(dataset_id)
-        except TypeError as exc:  # layout option not supported yet by the loader
-            pytest.skip(f"loader {entry.loader!r} does not support this entry yet: {exc}")
-        except FormatError as exc:
-            if "layout" in str(exc):
-                pytest.skip(f"layout not landed yet: {exc}")
-            raise
+        ds = datasets.verify(dataset_id)
     assert ds.attrs["source"] == dataset_id
+    assert ds.attrs["license"] == datasets.info(dataset_id).license
     neurodata.validate(ds)
+    assert not (tmp_path / "cache").exists()  # everything came from the mirror
+
+
+def test_suite2p_needs_the_frame_rate(mirror, monkeypatch):
+    monkeypatch.delenv("NEURODATA_REGISTRY", raising=False)
+    with pytest.raises(NeurodataError, match="sampling_rate"):
+        datasets.load("suite2p-plane0-demo")
 
 
 def test_multi_file_entry_gets_the_folder(mirror, monkeypatch, tmp_path):
