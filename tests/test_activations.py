@@ -91,3 +91,12 @@ def test_mismatched_stimulus_count(layers):
 def test_bad_input(arrays, ids, match):
     with pytest.raises(InputDataError, match=match):
         activations(arrays, ids)
+
+
+def test_heatmap_of_a_layer(layers):
+    import matplotlib.pyplot as plt
+
+    ds = activations({"conv1": layers["conv1"]}, list(range(6)))["conv1"]
+    fig = neurodata.plot.activity_heatmap(ds)
+    assert fig.axes[0].get_xlabel() == "stimulus"
+    plt.close("all")

@@ -219,3 +219,12 @@ def test_parquet_without_pyarrow(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"PAR1")
     with pytest.raises(FormatError, match="pyarrow"):
         celegans.load(tmp_path / "x.parquet")
+
+
+def test_heatmap_of_one_animal(worm_file):
+    import matplotlib.pyplot as plt
+
+    path, _ = worm_file
+    fig = neurodata.plot.activity_heatmap(celegans.load(path), animal=2)
+    assert "Yemini2021/worm0" in fig.axes[0].get_title()
+    plt.close("all")

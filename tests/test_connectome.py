@@ -148,3 +148,15 @@ def test_bad_names():
         connectome("white1986", neurons="some")
     with pytest.raises(InputDataError, match="strain"):
         functional_atlas("mutant")
+
+
+def test_connectome_figures():
+    import matplotlib.pyplot as plt
+
+    fig = neurodata.plot.connectome_matrix(connectome("witvliet2020"), "gap_junction")
+    assert "gap_junction" in fig.axes[0].get_title()
+    fig = neurodata.plot.connectome_matrix(connectome("randi2023"))
+    assert "functional" in fig.axes[0].get_title()
+    with pytest.raises(InputDataError, match="synapse_type"):
+        neurodata.plot.connectome_matrix(connectome("white1986"), "electrical")
+    plt.close("all")

@@ -292,3 +292,25 @@ def test_multi_file_entry_gets_the_folder(mirror, monkeypatch, tmp_path):
 
 def test_errors_are_neurodata_errors():
     assert issubclass(datasets.LicenseError, NeurodataError)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_data_figures_on_real_recordings(mirror, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.delenv("NEURODATA_REGISTRY", raising=False)
+    m1 = datasets.load("stevenson2011-m1", progress=False)
+    fig = neurodata.plot.activity_heatmap(m1, t_range=(0, 30))
+    assert len(fig.axes) == 3  # heatmap, behaviour panel, colour bar
+    assert fig.axes[1].get_ylabel() == "behaviour"
+    fig = neurodata.plot.raster(m1.isel(time=slice(0, 200)), max_neurons=10)
+    assert "10 of 171 neurons" in fig.axes[0].get_title()
+    phy = datasets.load("pynapple-phy-a8604", progress=False)
+    fig = neurodata.plot.raster(phy, t_range=(0, 10))
+    n_shown = int(((phy.spike_time >= 0) & (phy.spike_time <= 10)).sum())
+    assert f"{n_shown} spikes" in fig.axes[0].get_title()
+    with pytest.raises(neurodata.NeurodataError, match="raster"):
+        neurodata.plot.raster(datasets.load("suite2p-plane0-demo", sampling_rate=30.0))
+    plt.close("all")

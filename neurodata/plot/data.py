@@ -227,8 +227,7 @@ def connectome_matrix(
         raise InputDataError("connectome_matrix needs weight(synapse_type, pre, post) or "
                              "response(pre, post).")
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    colormap = plt.get_cmap(cmap).copy()
-    colormap.set_bad("white" if "weight" in ds else "0.85")
+    colormap = plt.get_cmap(cmap).with_extremes(bad="white" if "weight" in ds else "0.85")
     im = ax.imshow(shown, cmap=colormap, norm=norm, interpolation="nearest")
     n = shown.shape[0]
     if n <= 40:
