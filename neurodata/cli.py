@@ -5,6 +5,7 @@
     neurodata datasets list
     neurodata datasets info ID
     neurodata datasets fetch ID [--allow-unverified] [--allow-unlicensed]
+    neurodata datasets verify ID [--option key=value ...]
     neurodata info PATH_OR_ID [--format F] [--option key=value ...]
     neurodata convert PATH_OR_ID OUT.zarr|OUT.nc [--overwrite] [--format F] [--option ...]
 
@@ -151,6 +152,14 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from neurodata import datasets
+
+    ds = datasets.verify(args.id, **_parse_options(args.option))
+    print(f"{args.id}: ok ({', '.join(f'{k}={v}' for k, v in ds.sizes.items())})")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     _print_summary(summarize(_open(args.path, args.format, _parse_options(args.option))))
     return 0
@@ -190,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept a dataset whose licence is unknown")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fetch)
+    p = ds_sub.add_parser("verify", help="load a dataset and check the registry's expectations")
+    p.add_argument("id")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="loader option (default: the entry's verify_options)")
+    p.set_defaults(func=_cmd_verify)
 
     def add_load_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--format", default=None, help="force a loader (nwb, suite2p, ...)")

@@ -226,6 +226,13 @@ def _check(path: Path, entry: FileEntry, dataset_id: str) -> Path:
             stacklevel=3,
         )
         return path
+    size = path.stat().st_size
+    if entry.size_bytes is not None and size != entry.size_bytes:
+        raise ChecksumError(
+            f"{path} (file {entry.name!r} of dataset {dataset_id!r}) has {size} bytes, expected "
+            f"{entry.size_bytes} (sha256 {entry.sha256}); it is truncated or another file. "
+            f"Delete it or point {MIRROR_ENV} at a good copy."
+        )
     actual = sha256sum(path)
     if actual != entry.sha256:
         raise ChecksumError(

@@ -36,6 +36,11 @@ def test_datasets_fetch_from_mirror(mirror, capsys):
         mirror / "m1_stevenson_2011" / "m1_stevenson_2011.mat")
 
 
+def test_datasets_verify(mirror, capsys):
+    assert main(["datasets", "verify", "suite2p-plane0-demo"]) == 0
+    assert "suite2p-plane0-demo: ok (time=2000, neuron=219)" in capsys.readouterr().out
+
+
 def test_unknown_id_exit_1(capsys):
     assert main(["datasets", "info", "nope"]) == 1
     err = capsys.readouterr().err

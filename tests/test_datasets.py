@@ -147,6 +147,15 @@ def test_corrupted_cache_file_is_reported(registry):
         datasets.fetch("good", progress=False)
 
 
+def test_wrong_size_is_reported_before_hashing(registry, tmp_path, monkeypatch):
+    entry = _entry("sized", [{"name": "good.bin", "url": f"{registry['base']}/good.bin",
+                              "sha256": registry["sum"], "size_bytes": 5}])
+    monkeypatch.setenv("NEURODATA_REGISTRY", str(_write_registry(tmp_path / "s.yaml", [entry])))
+    with pytest.raises(ChecksumError, match="expected 5"):
+        datasets.fetch("sized", progress=False)
+    assert not (registry["cache"] / "sized" / "good.bin").exists()
+
+
 def test_mirror_comes_first(registry, tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     (mirror / "sub").mkdir(parents=True)
