@@ -150,3 +150,14 @@ def test_bad_inputs():
         pp.smooth(counts.drop_vars("activity"), 0.1)
     with pytest.raises(InputDataError, match="non-negative"):
         pp.sqrt(neurodata.from_arrays(-np.ones((3, 1)), 1.0, signal="zscore"))
+
+
+def test_rounded_timestamps_count_as_even_but_gaps_do_not():
+    ds = neurodata.from_arrays(np.ones((40, 1)), sampling_rate=20.0)
+    jitter = np.where(np.arange(40) % 2, 0.0005, 0.0)  # 49.5 / 50.5 ms steps
+    jittered = ds.assign_coords(time=("time", ds.time.values + jitter, {"units": "s"}))
+    assert pp.bin(jittered, 0.1).sizes["time"] == 20
+    gap = ds.time.values.copy()
+    gap[20:] += 1.0
+    with pytest.raises(InputDataError, match="not evenly sampled"):
+        pp.bin(ds.assign_coords(time=("time", gap, {"units": "s"})), 0.1)
