@@ -1,1 +1,59 @@
-"""Representational similarity analysis and brain-network comparison (placeholder)."""
+"""Representational similarity analysis and brain-network comparison.
+
+==========================  ==================================================================
+:mod:`.rdm`                 RDM datasets, dissimilarities (:func:`calc_rdm`), noise precisions
+:mod:`.compare`             RDM comparators (:func:`compare`)
+:mod:`.topology`            topological RSA: GT transform, RGTMs, geodesic RDMs, identification
+:mod:`.inference`           dual bootstrap, noise ceilings, pairwise tests, FDR
+==========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+from neurodata.models.rsa.compare import COMPARATORS, compare, masked_ranks, vector_similarity
+from neurodata.models.rsa.inference import dual_bootstrap, fdr, noise_ceiling, pairwise_tests
+from neurodata.models.rsa.rdm import (
+    METHODS,
+    as_rdms,
+    calc_rdm,
+    condensed,
+    precision_from_residuals,
+    rdm_dataset,
+)
+from neurodata.models.rsa.topology import (
+    RGTM_CLASSES,
+    adjacency,
+    geodesic,
+    gt_transform,
+    identification_accuracy,
+    knn_geodesic,
+    rank_transform,
+    rgtm_class,
+    topology_grid,
+)
+
+__all__ = [
+    "COMPARATORS",
+    "METHODS",
+    "RGTM_CLASSES",
+    "adjacency",
+    "as_rdms",
+    "calc_rdm",
+    "compare",
+    "condensed",
+    "dual_bootstrap",
+    "fdr",
+    "geodesic",
+    "gt_transform",
+    "identification_accuracy",
+    "knn_geodesic",
+    "masked_ranks",
+    "noise_ceiling",
+    "pairwise_tests",
+    "precision_from_residuals",
+    "rank_transform",
+    "rdm_dataset",
+    "rgtm_class",
+    "topology_grid",
+    "vector_similarity",
+]

@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from neurodata.errors import InputDataError
-from neurodata.models.rsa.rdm import as_rdms, condensed
+from neurodata.models.rsa.rdm import _square, as_rdms, condensed
 
 __all__ = ["COMPARATORS", "compare", "masked_ranks", "vector_similarity"]
 
@@ -123,11 +123,11 @@ def _second_moment(d: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _cov_weighted(da: jax.Array, db: jax.Array, sigma_sqrt_inv: jax.Array) -> jax.Array:
-    # WUC (Diedrichsen et al. 2021): with V = (C Sigma C^T) o (C Sigma C^T) the whitened
-    # cosine of RDM vectors equals the Frobenius cosine of G whitened by Sigma_k
-    ga = sigma_sqrt_inv @ _second_moment(da) @ sigma_sqrt_inv.T
-    gb = sigma_sqrt_inv @ _second_moment(db) @ sigma_sqrt_inv.T
+def _cov_weighted(da: jax.Array, db: jax.Array) -> jax.Array:
+    # WUC (Diedrichsen et al. 2021): with Sigma_k = I the cosine of RDM vectors in the metric
+    # V^-1, V = (C C^T) o (C C^T), equals the Frobenius cosine of G = -1/2 H D H
+    ga = _second_moment(da)
+    gb = _second_moment(db)
     va = ga.reshape(ga.shape[0], -1)
     vb = gb.reshape(gb.shape[0], -1)
     return _masked_cosine(va, vb, jnp.ones(va.shape[1], va.dtype))
@@ -153,18 +153,40 @@ def _bures_parts(da: jax.Array, db: jax.Array):
     return nuc, tra, trb
 
 
-def _sigma_factor(sigma_k: Any, n: int) -> jax.Array:
-    if sigma_k is None:
-        return jnp.eye(n)
+@jax.jit
+def _v_whitened_cosine(va: jax.Array, vb: jax.Array, sigma: jax.Array) -> jax.Array:
+    # cosine in the metric V^-1 with V = (C Sigma C^T) o (C Sigma C^T), matrix-free: with
+    # u_k = Sigma c_k, (V x)_k = u_k^T L(x) u_k, L(x) the Laplacian of the weights x
+    n = sigma.shape[0]
+    iu, ju = np.triu_indices(n, 1)
+    u = sigma[iu] - sigma[ju]  # (p, n): rows c_k^T Sigma
+
+    def matvec(x):
+        w = _square(x, n)
+        lap = jnp.diag(w.sum(1)) - w
+        return jnp.einsum("kn,nm,km->k", u, lap, u)
+
+    def solve(v):
+        return jax.scipy.sparse.linalg.cg(matvec, v, tol=1e-12, maxiter=2000)[0]
+
+    wa = jax.vmap(solve)(va)
+    wb = jax.vmap(solve)(vb)
+    num = va @ wb.T
+    na = jnp.sqrt(jnp.sum(va * wa, -1))
+    nb = jnp.sqrt(jnp.sum(vb * wb, -1))
+    return num / (na[:, None] * nb[None, :])
+
+
+def _sigma_matrix(sigma_k: Any, n: int) -> jax.Array:
     s = np.asarray(sigma_k, dtype=np.float64)
     if s.ndim == 1 and s.shape == (n,):
-        return jnp.diag(1.0 / jnp.sqrt(jnp.asarray(s)))
-    if s.shape == (n, n):
-        return jnp.linalg.inv(jnp.linalg.cholesky(jnp.asarray(s)))
-    raise InputDataError(
-        f"sigma_k has shape {s.shape}; give ({n},) variances or an ({n}, {n}) covariance of "
-        "the patterns."
-    )
+        s = np.diag(s)
+    if s.shape != (n, n):
+        raise InputDataError(
+            f"sigma_k has shape {s.shape}; give ({n},) variances or an ({n}, {n}) covariance "
+            "of the patterns."
+        )
+    return jnp.asarray(s)
 
 
 def compare(
@@ -225,12 +247,16 @@ def compare(
         sim = _tau_a(condensed(ja), condensed(jb))
     elif method in ("corr_cov", "cosine_cov"):
         if method == "corr_cov":
-            # centring the dissimilarities shifts G by mean(d) / 2 * H
             iu = np.triu_indices(n, 1)
             off = 1.0 - jnp.eye(n)
             ja = ja - jnp.mean(ja[:, iu[0], iu[1]], -1)[:, None, None] * off
             jb = jb - jnp.mean(jb[:, iu[0], iu[1]], -1)[:, None, None] * off
-        sim = _cov_weighted(ja, jb, _sigma_factor(sigma_k, n))
+        if sigma_k is None:
+            sim = _cov_weighted(ja, jb)
+        else:
+            # rsatoolbox's fast path for a diagonal sigma_k whitens G instead, which is not
+            # the V^-1 metric; we always use the definition
+            sim = _v_whitened_cosine(condensed(ja), condensed(jb), _sigma_matrix(sigma_k, n))
     else:
         nuc, tra, trb = _bures_parts(ja, jb)
         if method == "bures":

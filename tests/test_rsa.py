@@ -1,0 +1,362 @@
+"""RDMs, comparators, topological RSA and inference, against rsatoolbox 0.3.2."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from scipy.spatial.distance import squareform
+
+import neurodata
+from neurodata.errors import InputDataError
+from neurodata.models import rsa
+
+rsatoolbox = pytest.importorskip("rsatoolbox")
+from rsatoolbox.data import Dataset  # noqa: E402
+from rsatoolbox.rdm import RDMs  # noqa: E402
+
+METHODS = ["cosine", "corr", "spearman", "rho-a", "tau-a", "corr_cov", "cosine_cov", "bures",
+           "bures_metric"]
+
+
+@pytest.fixture(scope="module")
+def data92():
+    import os
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    path = os.environ.get("NEURODATA_MIRROR", str(shared))
+    old = os.environ.get("NEURODATA_MIRROR")
+    os.environ["NEURODATA_MIRROR"] = path
+    try:
+        ds = neurodata.datasets.load("kriegeskorte2008-92images")
+    except neurodata.NeurodataError:
+        pytest.skip("the 92-image data is not in the mirror")
+    finally:
+        if old is None:
+            os.environ.pop("NEURODATA_MIRROR")
+    kind = ds["rdm_kind"].values
+    brain = ds.isel(rdm=np.where((kind == "brain") & (ds["subject"].values != ""))[0])
+    models = ds.isel(rdm=np.where(kind == "model")[0])
+    return brain.drop_vars("image"), models.drop_vars("image")
+
+
+def _vectors(ds):
+    return np.array([squareform(m, checks=False) for m in ds["dissimilarity"].values])
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("method", METHODS)
+def test_comparators_match_rsatoolbox_on_92_images(data92, method):
+    brain, models = data92
+    ours = rsa.compare(brain, models, method).values
+    ref = rsatoolbox.rdm.compare(RDMs(_vectors(brain)), RDMs(_vectors(models)), method)
+    scale = max(1.0, np.abs(ref).max())
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6 * scale)
+
+
+def test_whitened_comparators_with_sigma_k_use_the_rdm_covariance(data92, rng):
+    brain, models = data92
+    n = 20
+    a = brain["dissimilarity"].values[:3, :n, :n]
+    b = models["dissimilarity"].values[2:5, :n, :n]
+    iu, ju = np.triu_indices(n, 1)
+    contrast = np.zeros((len(iu), n))
+    contrast[np.arange(len(iu)), iu] = 1
+    contrast[np.arange(len(iu)), ju] = -1
+    x = rng.normal(size=(n, 40))
+    for sig in (rng.uniform(0.5, 2, n), x @ x.T / 40 + np.eye(n), None):
+        s = np.eye(n) if sig is None else np.diag(sig) if sig.ndim == 1 else sig
+        xi = contrast @ s @ contrast.T
+        v = xi * xi  # the RDM covariance (C Sigma C^T) o (C Sigma C^T), solved exactly
+        for method in ("cosine_cov", "corr_cov"):
+            va = a[:, iu, ju]
+            vb = b[:, iu, ju]
+            if method == "corr_cov":
+                va = va - va.mean(1, keepdims=True)
+                vb = vb - vb.mean(1, keepdims=True)
+            wa, wb = np.linalg.solve(v, va.T), np.linalg.solve(v, vb.T)
+            exact = (va @ wb) / np.sqrt(np.einsum("ij,ji->i", va, wa))[:, None]
+            exact /= np.sqrt(np.einsum("ij,ji->i", vb, wb))[None]
+            np.testing.assert_allclose(rsa.compare(a, b, method, sigma_k=sig).values, exact,
+                                       atol=1e-6)
+    # rsatoolbox's fast path for a diagonal sigma_k whitens G, which is not this metric
+    sig = rng.uniform(0.5, 2, n)
+    ref = rsatoolbox.rdm.compare(RDMs(a[:, iu, ju]), RDMs(b[:, iu, ju]), "cosine_cov",
+                                 sigma_k=sig)
+    assert np.abs(ref - rsa.compare(a, b, "cosine_cov", sigma_k=sig).values).max() > 1e-4
+
+
+def _patterns(rng, k=4, n=10, p=30):
+    x = np.abs(rng.poisson(3, (k, n, p)) + rng.normal(size=(k, n, p)) * 0.1)
+    obs = x.reshape(k * n, p)
+    stim = np.tile(np.arange(n), k)
+    fold = np.repeat(np.arange(k), n)
+    return x, obs, stim, fold
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("method", ["euclidean", "correlation", "mahalanobis", "crossnobis",
+                                    "poisson"])
+def test_dissimilarities_match_rsatoolbox(rng, method):
+    x, obs, stim, fold = _patterns(rng)
+    prec = rsa.precision_from_residuals(rng.normal(size=(60, x.shape[2])))
+    ds = Dataset(obs, obs_descriptors={"stim": stim, "fold": fold})
+    kw = {"noise": prec} if method in ("mahalanobis", "crossnobis") else {}
+    if method == "crossnobis":
+        kw["cv_descriptor"] = "fold"
+    ref = rsatoolbox.rdm.calc_rdm(ds, method=method, descriptor="stim", **kw).get_vectors()[0]
+    ours = rsa.calc_rdm(obs, method, stimuli=stim,
+                        folds=fold if method == "crossnobis" else None,
+                        precision=kw.get("noise"))
+    np.testing.assert_allclose(squareform(ours["dissimilarity"].values[0], checks=False), ref,
+                               atol=1e-10)
+    if method == "crossnobis":  # the (trial, stimulus, neuron) form gives the same RDM
+        ours3 = rsa.calc_rdm(x, method, precision=prec)["dissimilarity"].values[0]
+        np.testing.assert_allclose(ours3, ours["dissimilarity"].values[0], atol=1e-12)
+
+
+@pytest.mark.reference
+def test_precisions_match_rsatoolbox(rng):
+    from rsatoolbox.data.noise import prec_from_residuals
+    res = rng.normal(size=(40, 12)) @ rng.normal(size=(12, 12))
+    for method in ("shrinkage_diag", "shrinkage_eye", "diag", "full"):
+        np.testing.assert_allclose(rsa.precision_from_residuals(res, method=method),
+                                   prec_from_residuals(res.copy(), method=method), rtol=1e-8)
+
+
+@pytest.mark.reference
+def test_crossnobis_unbalanced_and_per_fold_precisions(rng):
+    x, obs, stim, fold = _patterns(rng)
+    x = rng.normal(size=x.shape)
+    obs = x.reshape(obs.shape)
+    keep = rng.random(len(obs)) > 0.15
+    ds = Dataset(obs[keep], obs_descriptors={"stim": stim[keep], "fold": fold[keep]})
+    ref = rsatoolbox.rdm.calc_rdm_unbalanced(ds, method="crossnobis", descriptor="stim",
+                                             cv_descriptor="fold")
+    ref.sort_by(stim="alpha")
+    ours = rsa.calc_rdm(obs[keep], "crossnobis", stimuli=stim[keep], folds=fold[keep])
+    np.testing.assert_allclose(squareform(ours["dissimilarity"].values[0], checks=False),
+                               ref.get_vectors()[0], atol=1e-10)
+    # per-fold precisions (balanced: equals rsatoolbox's list of noises)
+    precs = np.stack([rsa.precision_from_residuals(rng.normal(size=(40, x.shape[2])))
+                      for _ in range(x.shape[0])])
+    dsb = Dataset(obs, obs_descriptors={"stim": stim, "fold": fold})
+    ref = rsatoolbox.rdm.calc_rdm(dsb, method="crossnobis", descriptor="stim",
+                                  cv_descriptor="fold", noise=list(precs)).get_vectors()[0]
+    ours = rsa.calc_rdm(x, "crossnobis", precision=precs)["dissimilarity"].values[0]
+    np.testing.assert_allclose(squareform(ours, checks=False), ref, atol=1e-10)
+    # ... and per-fold precisions on the unbalanced design, which rsatoolbox rejects (#491)
+    unb = rsa.calc_rdm(obs[keep], "crossnobis", stimuli=stim[keep], folds=fold[keep],
+                       precision=precs)["dissimilarity"].values[0]
+    assert np.all(np.isfinite(unb))
+
+
+@pytest.mark.reference
+def test_poisson_cv_averages_all_folds_where_rsatoolbox_keeps_the_last(rng):
+    x, obs, stim, fold = _patterns(rng, k=3)
+    ds = Dataset(obs, obs_descriptors={"stim": stim, "fold": fold})
+    ref = rsatoolbox.rdm.calc_rdm(ds, method="poisson_cv", descriptor="stim",
+                                  cv_descriptor="fold").get_vectors()[0]
+
+    def fold_term(k):
+        sm = lambda u: (u + 0.1) / 1.1  # noqa: E731
+        train = sm(np.delete(x, k, 0).mean(0))
+        kern = train @ np.log(sm(x[k])).T
+        d = np.diag(kern)
+        return (d[:, None] + d[None] - kern - kern.T) / x.shape[2]
+
+    np.testing.assert_allclose(squareform(fold_term(2), checks=False), ref, atol=1e-10)
+    ours = rsa.calc_rdm(x, "poisson_cv")["dissimilarity"].values[0]
+    expected = np.mean([fold_term(k) for k in range(3)], 0)
+    np.fill_diagonal(expected, 0)
+    np.testing.assert_allclose(ours, expected, atol=1e-10)
+
+
+def test_crossnobis_is_unbiased_for_identical_patterns(rng):
+    signal = rng.normal(size=(1, 50))
+    x = signal + rng.normal(size=(40, 6, 50))  # 6 stimuli with the same true pattern
+    d = rsa.calc_rdm(x, "crossnobis")["dissimilarity"].values[0]
+    e = rsa.calc_rdm(x.mean(0), "euclidean")["dissimilarity"].values[0]
+    iu = np.triu_indices(6, 1)
+    assert abs(d[iu].mean()) < 0.01 < e[iu].mean()
+
+
+def test_bad_inputs_raise(rng):
+    d = np.abs(rng.normal(size=(5, 5)))
+    d = d + d.T
+    np.fill_diagonal(d, 0)
+    with pytest.raises(InputDataError, match="square"):
+        rsa.compare(np.ones((2, 5, 4)), d)
+    asym = d.copy()
+    asym[0, 1] += 1
+    with pytest.raises(InputDataError, match="asymmetric"):
+        rsa.compare(asym, d)
+    nan = d.copy()
+    nan[0, 1] = nan[1, 0] = np.nan
+    with pytest.raises(InputDataError, match="NaN"):
+        rsa.compare(nan, d)
+    with pytest.raises(InputDataError, match="at least 3"):
+        rsa.compare(d[:2, :2], d[:2, :2])
+    with pytest.raises(InputDataError, match="same stimulus set"):
+        rsa.compare(d, d[:4, :4])
+    a = rsa.rdm_dataset(d, stimulus_id=list("abcde"))
+    b = rsa.rdm_dataset(d, stimulus_id=list("abcdf"))
+    with pytest.raises(InputDataError, match="different stimulus ids"):
+        rsa.compare(a, b)
+    with pytest.raises(InputDataError, match="method"):
+        rsa.compare(d, d, "pearson")
+    x = rng.normal(size=(12, 20))
+    with pytest.raises(InputDataError, match="folds"):
+        rsa.calc_rdm(x, "crossnobis")
+    with pytest.raises(InputDataError, match="fewer than 2 folds"):
+        rsa.calc_rdm(x, "crossnobis", stimuli=np.arange(12) % 6,
+                     folds=np.r_[np.zeros(6), np.ones(5), 0])
+    with pytest.raises(InputDataError, match="at least 2 folds"):
+        rsa.calc_rdm(x, "crossnobis", stimuli=np.arange(12) % 6, folds=np.zeros(12))
+    with pytest.raises(InputDataError, match="NaN"):
+        rsa.calc_rdm(np.full((4, 3), np.nan))
+    with pytest.raises(InputDataError, match="at least 3"):
+        rsa.calc_rdm(x[:2])
+
+
+# --------------------------------------------------------------------------- topology
+
+
+def test_gt_thresholds_are_per_rdm_quantiles_unlike_rsatoolbox(data92):
+    brain, _ = data92
+    values = brain["dissimilarity"].values
+    ours = rsa.gt_transform(values, 0.2, 0.8)
+    iu = np.triu_indices(92, 1)
+    zero_frac = np.array([(g[iu] == 0).mean() for g in ours])
+    np.testing.assert_allclose(zero_frac, 0.2, atol=0.002)
+    np.testing.assert_allclose([(g[iu] == 1).mean() for g in ours], 0.2, atol=0.002)
+    from rsatoolbox.rdm.transform import geotopological_transform
+    ref = geotopological_transform(RDMs(_vectors(brain)), 0.2, 0.8).get_vectors()
+    ref_frac = (ref == 0).mean(1)
+    assert ref_frac.min() < 0.15 and ref_frac.max() > 0.25  # pooled quantiles: 11 % .. 30 %
+    # rank-based: any per-RDM monotone transform leaves the RGTM unchanged
+    warped = values.copy()
+    warped[0] = np.exp(3 * warped[0]) - 1
+    np.testing.assert_allclose(rsa.gt_transform(warped, 0.2, 0.8), ours)
+    # l = 0, u = 1 is the rank RDM; l = u is binary
+    rank = rsa.rank_transform(values[:1])[0]
+    r = squareform(rank, checks=False)
+    from scipy.stats import rankdata
+    expected = rankdata(values[0][iu])
+    np.testing.assert_allclose(r, (expected - 1) / (expected.max() - 1))
+    adj = rsa.adjacency(values[:1], 0.3)[0]
+    assert set(np.unique(adj)) == {0.0, 1.0}
+    assert abs(adj[iu].mean() - 0.3) < 0.002
+
+
+def test_geodesic_keeps_zero_weight_edges_unlike_rsatoolbox():
+    d = np.array([[0, 1, 2, 3, 4], [1, 0, 5, 6, 7], [2, 5, 0, 8, 9], [3, 6, 8, 0, 10],
+                  [4, 7, 9, 10, 0.0]])
+    geo = rsa.geodesic(d, 0.2, 0.8, rank_after=False)
+    g = rsa.gt_transform(d, 0.2, 0.8)
+    assert g[0, 1] == 0.0 and geo[0, 1] == 0.0  # the closest pair: weight-0 edge, distance 0
+    from rsatoolbox.rdm.transform import geodesic_transform
+    ref = squareform(geodesic_transform(RDMs(squareform(g)[None])).get_vectors()[0])
+    assert ref[0, 1] > 0  # networkx dropped the zero-weight edge
+    # brute force shortest paths over the masked graph
+    import itertools
+    w = np.where(g < 1, g, np.inf)
+    np.fill_diagonal(w, 0)
+    for k, i, j in itertools.product(range(5), repeat=3):
+        w[i, j] = min(w[i, j], w[i, k] + w[k, j])
+    np.testing.assert_allclose(geo, w)
+
+
+def test_transforms_do_not_mutate_inputs(data92):
+    brain = data92[0].isel(rdm=slice(0, 3), stimulus=slice(0, 30), stimulus_=slice(0, 30))
+    before = brain["dissimilarity"].values.copy()
+    arr = before.copy()
+    for fn in (rsa.gt_transform, rsa.geodesic, rsa.rank_transform):
+        out = fn(brain)
+        assert out is not brain
+        fn(arr)
+    rsa.knn_geodesic(arr, 3)
+    rsa.compare(brain, arr, "bures")
+    np.testing.assert_array_equal(brain["dissimilarity"].values, before)
+    np.testing.assert_array_equal(arr, before)
+    # rsatoolbox writes into its RDMs object
+    from rsatoolbox.rdm.transform import geotopological_transform
+    ref = RDMs(_vectors(brain))
+    vec = ref.get_vectors().copy()
+    geotopological_transform(ref, 0.2, 0.8)
+    assert not np.allclose(ref.get_vectors(), vec)
+
+
+def test_rgtm_classes():
+    assert rsa.rgtm_class(0.0, 0.2) == "local"
+    assert rsa.rgtm_class(0.8, 1.0) == "global"
+    assert rsa.rgtm_class(0.0, 1.0) == "geometry-sensitive"
+    assert rsa.rgtm_class(0.45, 0.55) == "topology-sensitive"
+    assert rsa.rgtm_class(0.3, 0.6) == "intermediate"
+
+
+def test_identification_accuracy_brute_force(rng):
+    from sklearn.neighbors import NearestCentroid
+    x = rng.normal(size=(24, 15))
+    region = np.tile(np.arange(4), 6)
+    subject = np.repeat(np.arange(6), 4)
+    x += region[:, None] * 0.3
+    hits = 0
+    for s in range(6):
+        clf = NearestCentroid().fit(x[subject != s], region[subject != s])
+        hits += (clf.predict(x[subject == s]) == region[subject == s]).sum()
+    assert rsa.identification_accuracy(x, region, subject) == pytest.approx(hits / 24)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@pytest.mark.reference
+def test_dual_bootstrap_reproduces_published_model_comparison(data92):
+    brain, models = data92
+    res = rsa.dual_bootstrap(models, brain, key=jax.random.key(0), subjects=brain["subject"],
+                             method="corr", n_bootstrap=200)
+    reference = {"animacy": 0.313, "FaceBodyManmadeNatobj": 0.229, "monkeyIT": 0.270,
+                 "EVA": 0.198, "HMAX": 0.124, "V1": 0.021, "Silhouette": 0.094, "RADON": 0.026}
+    means = dict(zip(res["model"].values, res["mean"].values, strict=True))
+    # s.e. ~0.05 over 8 RDMs; the mean of 200 resamples of the same data moves by < 0.01
+    for name, value in reference.items():
+        assert means[name] == pytest.approx(value, abs=0.012), name
+    # the standard error of animacy (0.065 with N = 1000); with N = 200 the s.e. of a
+    # variance estimate is ~10 %, so allow 25 %
+    assert res["sem"].sel(model="animacy") == pytest.approx(0.065, rel=0.25)
+    lower, upper = res["noise_ceiling"].values
+    assert 0 < lower < upper < 1
+    sig = rsa.pairwise_tests(res)
+    assert sig.sel(model="animacy", model_="V1")  # the largest gap is significant
+    assert res["p_zero"].sel(model="animacy") < 0.01
+
+
+@pytest.mark.reference
+def test_noise_ceiling_matches_rsatoolbox(data92):
+    brain, _ = data92
+    for method in ("corr", "cosine", "spearman"):
+        ref = rsatoolbox.inference.boot_noise_ceiling(RDMs(_vectors(brain)), method=method)
+        np.testing.assert_allclose(rsa.noise_ceiling(brain, method), ref, atol=1e-6)
+
+
+def test_masked_bootstrap_comparisons_equal_nan_dropping(data92, rng):
+    brain, models = data92
+    idx = rng.integers(0, 92, 92)
+    iu, ju = np.triu_indices(92, 1)
+    a, b = idx[iu], idx[ju]
+    mask = a != b
+    mv = models["dissimilarity"].values[:, a, b]
+    dv = brain["dissimilarity"].values[:, a, b]
+    for method in ("corr", "cosine", "spearman", "rho-a"):
+        ours = rsa.vector_similarity(mv, dv, mask, method)
+        ref = rsatoolbox.rdm.compare(RDMs(mv[:, mask]), RDMs(dv[:, mask]), method)
+        np.testing.assert_allclose(ours, ref, atol=1e-10)
+
+
+def test_fdr():
+    from scipy.stats import false_discovery_control
+    p = np.random.default_rng(1).uniform(0, 0.1, 30)
+    adjusted = false_discovery_control(p)
+    np.testing.assert_array_equal(rsa.fdr(p, 0.05), adjusted <= 0.05)
