@@ -594,3 +594,284 @@ def rank_diagnostics(tensor, ranks, *, n_init: int = 5, heldout: float = 0.1, ma
          "heldout_error": (("rank", "replicate"), cv)},
         coords=coords, attrs={"heldout": float(heldout), "method": method},
     )
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+def simulate(n_neurons: int = 30, n_animals: int = 4, *, partitions=None,
+             epoch_names=None, epoch_duration: float = 60.0, sampling_rate: float = 5.0,
+             event_rate: float = 0.3, private_rate: float = 0.05, decay: float = 1.0,
+             noise: float = 0.1, missing: float = 0.1, seed: int = 0):
+    """Multi-animal calcium traces whose co-active neuron groups change with stimulus epochs.
+
+    In epoch ``e`` neurons are partitioned into groups (``partitions[e]``); every group
+    shares a train of calcium events (Poisson, ``event_rate`` per second), each neuron adds
+    private events (``private_rate``), events decay exponentially (``decay`` seconds), and
+    white noise of standard deviation ``noise`` is added. Animals differ by a gain on the
+    shared events (the animal loadings) and each animal misses a random fraction
+    ``missing`` of neurons (NaN, ``recorded == False``).
+
+    Parameters
+    ----------
+    n_neurons
+        Neurons per animal (shared identities ``N00``, ``N01``, ...).
+    n_animals
+        Animals.
+    partitions
+        One label array of length ``n_neurons`` per epoch; default three epochs with
+        3 contiguous groups, 2 interleaved groups and 4 groups of unequal sizes.
+    epoch_names
+        Epoch labels (default ``"epoch0"``, ...).
+    epoch_duration
+        Seconds per epoch; epochs run in order.
+    sampling_rate
+        Frames per second.
+    event_rate, private_rate
+        Shared and private event rates (per second).
+    decay
+        Calcium decay time constant (s).
+    noise
+        White-noise standard deviation (event amplitude is about 1).
+    missing
+        Fraction of neurons not recorded in each animal.
+    seed
+        Seed.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``activity(animal, time, neuron)`` (``signal="dff"``), ``recorded(animal, neuron)``,
+        ``epoch_label(time)``, ``planted_community(epoch, neuron)`` and
+        ``animal_gain(animal)``.
+
+    Examples
+    --------
+    >>> ds = simulate(n_neurons=12, n_animals=2, epoch_duration=20.0, seed=0)
+    >>> dict(ds["activity"].sizes)
+    {'animal': 2, 'time': 300, 'neuron': 12}
+    """
+    rng = np.random.default_rng(seed)
+    if partitions is None:
+        idx = np.arange(n_neurons)
+        cuts = np.array([0.4, 0.65, 0.85]) * n_neurons
+        partitions = [idx * 3 // n_neurons, idx % 2, np.searchsorted(cuts, idx, side="right")]
+    partitions = [np.asarray(p, int) for p in partitions]
+    if any(p.shape != (n_neurons,) for p in partitions):
+        raise InputDataError(f"every partition needs {n_neurons} labels (one per neuron).")
+    names = list(epoch_names or [f"epoch{e}" for e in range(len(partitions))])
+    n_ep = int(round(epoch_duration * sampling_rate))
+    n_time = n_ep * len(partitions)
+    dt = 1.0 / sampling_rate
+    kernel = np.exp(-np.arange(int(5 * decay * sampling_rate) + 1) * dt / decay)
+    gains = rng.uniform(0.5, 1.5, n_animals)
+    act = np.empty((n_animals, n_time, n_neurons))
+    for a in range(n_animals):
+        events = (rng.random((n_time, n_neurons)) < private_rate * dt).astype(float)
+        for e, part in enumerate(partitions):
+            sl = slice(e * n_ep, (e + 1) * n_ep)
+            shared = rng.random((n_ep, part.max() + 1)) < event_rate * dt
+            events[sl] += gains[a] * shared[:, part]
+        calcium = np.apply_along_axis(lambda s: np.convolve(s, kernel)[:n_time], 0, events)
+        act[a] = calcium + noise * rng.normal(size=(n_time, n_neurons))
+    recorded = rng.random((n_animals, n_neurons)) >= missing
+    # every neuron is recorded in at least one animal
+    recorded[rng.integers(n_animals, size=n_neurons), np.arange(n_neurons)] = True
+    act = np.where(recorded[:, None, :], act, np.nan)
+    ids = np.array([f"N{i:02d}" for i in range(n_neurons)])
+    return xr.Dataset(
+        {"activity": (("animal", "time", "neuron"), act, {"signal": "dff", "units": "1"}),
+         "recorded": (("animal", "neuron"), recorded),
+         "epoch_label": ("time", np.repeat(names, n_ep)),
+         "planted_community": (("epoch", "neuron"), np.stack(partitions)),
+         "animal_gain": ("animal", gains)},
+        coords={"time": ("time", np.arange(n_time) * dt, {"units": "s"}),
+                "neuron_id": ("neuron", ids), "animal": ("animal", np.arange(n_animals)),
+                "epoch": ("epoch", names)},
+        attrs={"sampling_rate": float(sampling_rate), "schema_version": "1.0", "history": [],
+               "source": "neurodata.models.ntf.simulate", "species": "simulated"},
+    )
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+class DynamicConnectome(NeurodataModel):
+    """Affinity tensor -> masked NTF -> weighted-SBM communities: the dynamic connectome atlas.
+
+    Parameters
+    ----------
+    rank
+        NTF components (choose with :func:`rank_diagnostics`).
+    window, step
+        Affinity window and step in seconds (see :func:`affinity_tensor`).
+    kernel, sigma
+        Affinity kernel and width.
+    method, n_init, max_iter, tol, dtype
+        NTF solver settings (see :class:`NTF`).
+    community
+        ``"sbm"`` (:class:`~neurodata.models.community.WeightedSBM`, number of groups by
+        ICL) or ``"leiden"`` (modularity baseline, optional extra).
+    max_groups
+        Largest number of communities per component.
+    distribution
+        Edge-weight model of the SBM (``"exponential"`` or ``"gamma"``).
+    nested
+        Hierarchical communities (SBM only).
+    epoch_var
+        Name of the ``(time,)`` variable that labels stimulus epochs (used when present).
+    sampling_rate
+        Frame rate if the dataset does not carry one.
+    seed
+        Seed of the NTF initialisations and SBM restarts.
+
+    Attributes
+    ----------
+    weights_ : numpy.ndarray
+        Component weights.
+    time_course_ : xarray.DataArray
+        ``(window, component)`` with ``window_start``/``window_stop`` and ``epoch`` labels.
+    animal_loading_ : xarray.DataArray
+        ``(animal, component)``.
+    pair_pattern_ : xarray.DataArray
+        ``(pair, component)`` with ``neuron_a``/``neuron_b``/``index_a``/``index_b``.
+    communities_ : xarray.DataArray
+        ``(component, neuron)`` community labels (top level).
+    epoch_activity_ : xarray.DataArray
+        ``(component, epoch)`` mean time course per epoch (if epochs are known).
+    ntf_error_ : float
+        Relative error of the NTF fit.
+    replicate_similarity_ : numpy.ndarray
+        Congruence of the NTF replicates with the best one.
+
+    Examples
+    --------
+    >>> ds = simulate(n_neurons=12, n_animals=2, epoch_duration=40.0, seed=0)
+    >>> dc = DynamicConnectome(rank=3, window=10.0, step=5.0, n_init=2).fit(ds)
+    >>> dc.communities_.sizes["neuron"]
+    12
+    """
+
+    def __init__(self, rank: int = 4, window: float = 10.0, step: float | None = None, *,
+                 kernel: str = "differential", sigma: float = 0.5, method: str = "hals",
+                 n_init: int = 8, max_iter: int = 500, tol: float = 1e-5,
+                 dtype: str = "float32", community: str = "sbm", max_groups: int = 6,
+                 distribution: str = "exponential", nested: bool = False,
+                 epoch_var: str = "epoch_label", sampling_rate: float | None = None,
+                 seed: int = 0):
+        self.rank = rank
+        self.window = window
+        self.step = step
+        self.kernel = kernel
+        self.sigma = sigma
+        self.method = method
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.dtype = dtype
+        self.community = community
+        self.max_groups = max_groups
+        self.distribution = distribution
+        self.nested = nested
+        self.epoch_var = epoch_var
+        self.sampling_rate = sampling_rate
+        self.seed = seed
+
+    def fit(self, ds: xr.Dataset, y=None) -> DynamicConnectome:
+        """Run affinity, NTF and community detection on a (multi-animal) recording.
+
+        Parameters
+        ----------
+        ds
+            ``activity(animal, time, neuron)`` with ``recorded(animal, neuron)``, or
+            ``activity(time, neuron)``.
+        y
+            Ignored.
+
+        Returns
+        -------
+        DynamicConnectome
+            ``self``.
+        """
+        from neurodata.models.community import WeightedSBM, leiden
+
+        if self.community not in ("sbm", "leiden"):
+            raise InputDataError(f"community {self.community!r} is not 'sbm' or 'leiden'.")
+        aff = affinity_tensor(ds, self.window, self.step, kernel=self.kernel, sigma=self.sigma,
+                              sampling_rate=self.sampling_rate, dtype=self.dtype)
+        ntf = NTF(rank=self.rank, method=self.method, n_init=self.n_init,
+                  max_iter=self.max_iter, tol=self.tol, dtype=self.dtype, seed=self.seed)
+        ntf.fit(aff)
+        pair, time_course, loading = ntf.factors_
+        if self.epoch_var in ds:
+            labels = np.asarray(ds[self.epoch_var].values).astype(str)
+            t = np.asarray(ds["time"].values, dtype=float)
+            centre = np.searchsorted(t, aff["window"].values).clip(0, t.size - 1)
+            time_course = time_course.assign_coords(epoch=("window", labels[centre]))
+        n_neuron = int(aff.attrs["n_neuron"])
+        comms = []
+        for r in range(int(self.rank)):
+            graph = pairs_to_matrix(pair[:, r], n_neuron).values
+            if not np.any(graph > 0):
+                comms.append(np.zeros(n_neuron, int))
+            elif self.community == "leiden":
+                comms.append(leiden(graph, seed=self.seed))
+            else:
+                sbm = WeightedSBM(max_groups=self.max_groups, distribution=self.distribution,
+                                  nested=self.nested, seed=self.seed).fit(graph)
+                comms.append(sbm.labels_)
+        ids = np.asarray(ds["neuron_id"].values).astype(str)
+        self.weights_ = ntf.weights_
+        self.pair_pattern_ = pair
+        self.time_course_ = time_course
+        self.animal_loading_ = loading
+        self.communities_ = xr.DataArray(
+            np.stack(comms), dims=("component", "neuron"),
+            coords={"component": np.arange(int(self.rank)), "neuron_id": ("neuron", ids)})
+        if "epoch" in time_course.coords:
+            names = list(dict.fromkeys(time_course["epoch"].values.tolist()))
+            tc = time_course.values
+            act = np.stack([tc[time_course["epoch"].values == e].mean(0) for e in names], 1)
+            self.epoch_activity_ = xr.DataArray(
+                act, dims=("component", "epoch"),
+                coords={"component": np.arange(int(self.rank)), "epoch": names})
+        self.ntf_error_ = ntf.error_
+        self.replicate_similarity_ = ntf.replicate_similarity_
+        return self
+
+    def epoch_components(self) -> dict[str, int]:
+        """The component most specific to each epoch (largest share of its time course).
+
+        Returns
+        -------
+        dict
+            Epoch label -> component index.
+        """
+        self._check_fitted()
+        if not hasattr(self, "epoch_activity_"):
+            raise InputDataError(
+                f"the dataset had no {self.epoch_var!r} variable, so epochs are unknown."
+            )
+        act = self.epoch_activity_.values
+        share = act / np.maximum(act.sum(1, keepdims=True), 1e-300)
+        return {str(e): int(np.argmax(share[:, j] * (act[:, j] > 0)))
+                for j, e in enumerate(self.epoch_activity_["epoch"].values)}
+
+    def atlas(self) -> xr.Dataset:
+        """All fitted outputs as one dataset (time courses, loadings, patterns, communities).
+
+        Returns
+        -------
+        xarray.Dataset
+        """
+        self._check_fitted()
+        out = xr.Dataset({
+            "weight": ("component", self.weights_),
+            "time_course": self.time_course_,
+            "animal_loading": self.animal_loading_,
+            "pair_pattern": self.pair_pattern_,
+            "community": self.communities_,
+        })
+        if hasattr(self, "epoch_activity_"):
+            out["epoch_activity"] = self.epoch_activity_
+        return out
