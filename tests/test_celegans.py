@@ -179,6 +179,24 @@ def test_stack_different_signals_raises():
         stack_animals([])
 
 
+def test_stack_by_label():
+    a = neurodata.from_arrays(np.ones((4, 2)), 3.0, signal="dff",
+                              neuron_coords={"neuron_label": ["RIML", "AVAL"]})
+    b = neurodata.from_arrays(np.full((4, 1), 2.0), 3.0, signal="dff",
+                              neuron_coords={"neuron_label": ["AVAL"]})
+    s = stack_animals([a, b], match_on="neuron_label")
+    assert s.neuron_id.values.tolist() == ["AVAL", "RIML"]
+    np.testing.assert_array_equal(s.recorded.values, [[True, True], [True, False]])
+    np.testing.assert_array_equal(s.activity.values[1, :, 0], 2.0)
+    # By id, the ROI numbers "0" and "1" would be matched across animals: refuse empty labels.
+    c = neurodata.from_arrays(np.ones((4, 1)), 3.0, signal="dff",
+                              neuron_coords={"neuron_label": [""]})
+    with pytest.raises(InputDataError, match="empty or duplicated"):
+        stack_animals([a, c], match_on="neuron_label")
+    with pytest.raises(InputDataError, match="'region'"):
+        stack_animals([a, b], match_on="region")
+
+
 def test_missing_column(tmp_path, rng):
     frame, _ = _rows(rng)
     path = tmp_path / "bad.csv"

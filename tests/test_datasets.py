@@ -263,8 +263,7 @@ def test_ci_entries_match_the_mirror_checksums(mirror, monkeypatch):
             assert sums[f.mirror_path] == f.sha256, (id_, f.name)
 
 
-@pytest.mark.parametrize("dataset_id", ["stevenson2011-m1", "pynapple-phy-a8604",
-                                        "suite2p-plane0-demo", "kriegeskorte2008-92images"])
+@pytest.mark.parametrize("dataset_id", datasets.list_datasets("ci"))
 def test_ci_entry_loads_and_verifies(mirror, monkeypatch, tmp_path, dataset_id):
     monkeypatch.delenv("NEURODATA_REGISTRY", raising=False)
     monkeypatch.setenv("NEURODATA_DATA_DIR", str(tmp_path / "cache"))  # never download

@@ -338,10 +338,13 @@ def _animal_names(datasets: Sequence[xr.Dataset]) -> list[str]:
     return names
 
 
-def stack_animals(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
+def stack_animals(datasets: Sequence[xr.Dataset], *, match_on: str = "neuron_id"
+                  ) -> xr.Dataset:
     """Stack ``(time, neuron)`` recordings of several animals along ``animal``.
 
-    Neurons are matched by ``neuron_id`` (for worms: the canonical label) and ordered as in
+    Neurons are matched by ``match_on`` (default ``neuron_id``; for worms loaded here it is
+    the canonical label; use ``"neuron_label"`` for recordings whose ids are ROI numbers but
+    which carry identified labels), and ordered as in
     :data:`NEURONS_302` (other ids after them). Each animal's time starts at 0 (its original
     start is kept in ``start_time(animal)``); shorter recordings are padded with NaN, as are
     neurons an animal did not record.
@@ -351,6 +354,9 @@ def stack_animals(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
     datasets
         Validated datasets with ``activity(time, neuron)``, all at the same sampling rate
         and with the same ``signal`` and ``units`` (use :func:`resample_animals` first).
+    match_on
+        The per-neuron coordinate that identifies a neuron across animals; its values become
+        the ``neuron_id`` of the result.
 
     Returns
     -------
@@ -394,6 +400,13 @@ def stack_animals(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
                 f"{names[0]!r} at {ref.attrs['sampling_rate']} Hz; bring them to one rate "
                 "with neurodata.loaders.celegans.resample_animals(datasets, rate)."
             )
+        if match_on not in ds.coords or ds[match_on].dims != ("neuron",):
+            raise InputDataError(f"animal {name!r} has no per-neuron coordinate {match_on!r} "
+                                 "to match neurons on.")
+        keys = [str(v) for v in ds[match_on].values]
+        if "" in keys or len(set(keys)) != len(keys):
+            raise InputDataError(f"animal {name!r}: {match_on!r} has empty or duplicated values; "
+                                 "drop unidentified neurons before stacking.")
         for key in ("signal", "units"):
             if ds["activity"].attrs.get(key) != ref["activity"].attrs.get(key):
                 raise InputDataError(
@@ -401,14 +414,14 @@ def stack_animals(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
                     f"animal {names[0]!r} has {ref['activity'].attrs.get(key)!r}."
                 )
     rate = float(ref.attrs["sampling_rate"])
-    ids = canonical_order(sorted({str(i) for ds in datasets for i in ds["neuron_id"].values}))
+    ids = canonical_order(sorted({str(i) for ds in datasets for i in ds[match_on].values}))
     col = {n: j for j, n in enumerate(ids)}
     n_time = max(ds.sizes["time"] for ds in datasets)
     dtype = np.result_type(np.float32, *[ds["activity"].dtype for ds in datasets])
     activity = np.full((len(datasets), n_time, len(ids)), np.nan, dtype=dtype)
     recorded = np.zeros((len(datasets), len(ids)), dtype=bool)
     for a, ds in enumerate(datasets):
-        cols = [col[str(i)] for i in ds["neuron_id"].values]
+        cols = [col[str(i)] for i in ds[match_on].values]
         activity[a, : ds.sizes["time"], cols] = np.asarray(ds["activity"].values, dtype=dtype).T
         recorded[a, cols] = True
     data_vars = {
@@ -443,4 +456,5 @@ def stack_animals(datasets: Sequence[xr.Dataset]) -> xr.Dataset:
         "history": [],
     }
     out = xr.Dataset(data_vars, coords=coords, attrs={k: v for k, v in attrs.items() if v != ""})
-    return validate(with_history(out, f"stack_animals(n_animals={len(datasets)})"))
+    return validate(with_history(out, f"stack_animals(n_animals={len(datasets)}, "
+                                      f"match_on={match_on!r})"))
