@@ -288,3 +288,38 @@ def test_corrupt_files(tmp_path, units_file):
         neurodata.load(cut)
     with pytest.raises(FormatError, match="missing.nwb"):
         nwb_loader.load(tmp_path / "missing.nwb")
+
+
+def test_chunks_none_reads_without_dask(ophys_file):
+    path, truth = ophys_file
+    ds = neurodata.load(path, ophys_series="Fluorescence", chunks=None)
+    assert not isinstance(ds.activity.data, da.Array)
+    assert type(ds.activity.variable._data).__name__ == "LazilyIndexedArray"  # not read yet
+    expected = np.concatenate(truth["raw"], axis=1).astype(np.float64) * 0.5 - 3.0
+    np.testing.assert_array_equal(ds.activity.isel(time=slice(5, 9), neuron=3).values,
+                                  expected[5:9, 3])
+    np.testing.assert_array_equal(ds.activity.values, expected)
+    ds.close()
+
+
+def test_columns_indexing(ophys_file):
+    path, truth = ophys_file
+    ds = neurodata.load(path, ophys_series="DfOverF")
+    full = np.concatenate(truth["dff"], axis=1)
+    view = pickle.loads(pickle.dumps(ds.activity.data)).compute()
+    np.testing.assert_array_equal(view, full)
+    from neurodata.loaders.nwb import Columns
+
+    columns = next(v for v in ds.activity.data.dask.values() if isinstance(v, Columns))
+    np.testing.assert_array_equal(columns[3:7, [4, 0, 3]], full[3:7][:, [4, 0, 3]])
+    np.testing.assert_array_equal(columns[2, 1:4], full[2, 1:4])
+    np.testing.assert_array_equal(columns[:, 4], full[:, 4])
+
+
+def test_unsorted_spike_times_are_sorted(tmp_path):
+    nwbfile = mock_NWBFile()
+    nwbfile.add_unit(spike_times=[0.5, 0.1, 0.3])
+    nwbfile.add_unit(spike_times=[0.05, 0.2])
+    ds = neurodata.load(_write(nwbfile, tmp_path / "unsorted.nwb"))
+    assert ds.spike_time.values.tolist() == [0.1, 0.3, 0.5, 0.05, 0.2]
+    assert ds.spike_neuron.values.tolist() == [0, 0, 0, 1, 1]

@@ -47,8 +47,10 @@ import dask.array as da
 import h5py
 import numpy as np
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
-from neurodata.data import bin_spikes, from_spike_times, validate
+from neurodata.data import SCHEMA_VERSION, bin_spikes, validate
 from neurodata.errors import FormatError, InputDataError, MissingFieldError, NeurodataError
 
 log = logging.getLogger(__name__)
@@ -117,39 +119,143 @@ class H5Array:
         return (type(self).__name__, self.path, self.name, self.shape, str(self.dtype))
 
 
-def _check_finite_block(block: np.ndarray, *, path: str, series: str, roi_ids: np.ndarray,
-                        block_info: dict | None = None) -> np.ndarray:
-    bad = ~np.isfinite(block)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        col0 = block_info[0]["array-location"][1][0] if block_info else 0
-        row0 = block_info[0]["array-location"][0][0] if block_info else 0
-        roi = roi_ids[col0 + col]
+class Columns:
+    """Lazy ``(time, column)`` view of one or more HDF5 datasets side by side, in physical units.
+
+    Each part is an :class:`H5Array` (1-D parts are one column) with its NWB ``conversion``
+    and ``offset``; reads return ``data * conversion + offset`` (float64 when either is not
+    the identity) and, with ``check``, raise :class:`InputDataError` naming the file, series
+    and column id on NaN/Inf. Picklable: dask workers reopen the files by path.
+
+    Parameters
+    ----------
+    parts
+        ``(array, conversion, offset)`` per dataset, all with the same first axis length.
+    labels
+        Id of each column (for error messages).
+    series
+        Name of the series (for error messages).
+    check
+        Raise on NaN/Inf when values are read.
+
+    Examples
+    --------
+    >>> cols = Columns([(H5Array("f.nwb", "/acquisition/x/data"), 2.0, 0.0)],  # doctest: +SKIP
+    ...                labels=["x"], series="x", check=True)
+    >>> cols[:10, :]  # doctest: +SKIP
+    """
+
+    def __init__(self, parts: list[tuple[H5Array, float, float]], labels: np.ndarray,
+                 series: str, check: bool):
+        lengths = {p[0].shape[0] for p in parts}
+        if len(lengths) != 1:
+            raise FormatError(f"{series}: the parts have different lengths {sorted(lengths)}.")
+        self.parts = parts
+        self.widths = [1 if a.ndim == 1 else a.shape[1] for a, _, _ in parts]
+        self.starts = np.cumsum([0, *self.widths[:-1]])
+        self.shape = (lengths.pop(), int(sum(self.widths)))
+        self.ndim = 2
+        scaled = any(c != 1.0 or o != 0.0 for _, c, o in parts)
+        self.dtype = np.dtype(np.float64) if scaled else np.result_type(
+            *[a.dtype for a, _, _ in parts])
+        self.labels = np.asarray(labels)
+        self.series = series
+        self.check = check
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        k0, k1 = (*key, slice(None))[:2] if len(key) < 2 else key
+        cols = np.arange(self.shape[1])[k1]
+        scalar = np.ndim(cols) == 0
+        cols = np.atleast_1d(cols)
+        blocks, order = [], []
+        for (arr, conversion, offset), start, width in zip(self.parts, self.starts, self.widths,
+                                                           strict=True):
+            mine = np.flatnonzero((cols >= start) & (cols < start + width))
+            if not mine.size:
+                continue
+            local = cols[mine] - start
+            lo, hi = int(local.min()), int(local.max()) + 1
+            raw = np.asarray(arr[k0])[..., None] if arr.ndim == 1 else np.asarray(
+                arr[k0, lo:hi])
+            block = raw if (lo == 0 and hi == raw.shape[-1] and np.array_equal(
+                local, np.arange(hi))) else raw[..., local - lo]
+            if conversion != 1.0 or offset != 0.0:
+                block = block.astype(np.float64) * conversion + offset
+            blocks.append(block.astype(self.dtype, copy=False))
+            order.append(mine)
+        out = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=-1)
+        order = np.concatenate(order)
+        if not np.array_equal(order, np.arange(order.size)):
+            final = np.empty_like(out)
+            final[..., order] = out
+            out = final
+        if self.check and out.dtype.kind == "f" and out.size:
+            self._check(out, k0, cols)
+        return out[..., 0] if scalar else out
+
+    def _check(self, out: np.ndarray, k0: Any, cols: np.ndarray) -> None:
+        # One float64 reduction instead of a full boolean temporary: a sum of finite float32
+        # values cannot overflow, so a non-finite sum means a NaN/Inf somewhere.
+        if np.isfinite(np.add.reduce(out, axis=None, dtype=np.float64)):
+            return
+        bad = np.argwhere(~np.isfinite(out.reshape(-1, out.shape[-1])))
+        if not bad.size:
+            return
+        row, col = bad[0]
+        rows = np.arange(self.shape[0])[k0]
+        sample = int(np.atleast_1d(rows)[row])
         raise InputDataError(
-            f"{path}: series {series!r} holds NaN or Inf (ROI {roi}, sample {row0 + row}); "
+            f"{self.series} holds NaN or Inf (ROI {self.labels[cols[col]]}, sample {sample}); "
             "fix the file or pass allow_nan=True to keep them."
         )
-    return block
+
+    def __dask_tokenize__(self) -> tuple:
+        return (type(self).__name__, [(a.__dask_tokenize__(), c, o) for a, c, o in self.parts],
+                self.check)
+
+
+class _Backend(BackendArray):
+    """xarray's lazy indexing over :class:`Columns` (``chunks=None``: no dask)."""
+
+    def __init__(self, columns: Columns):
+        self.columns = columns
+        self.shape = columns.shape
+        self.dtype = columns.dtype
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC,
+                                                  self.columns.__getitem__)
 
 
 class _Reader:
-    """Wraps the datasets of one file as lazy dask arrays and closes them all at the end."""
+    """Wraps the datasets of one file as lazy arrays and closes their handles at the end."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, chunks: Any):
         self.path = path
+        self.chunks = chunks
         self.arrays: list[H5Array] = []
 
-    def lazy(self, dset: Any, *, what: str) -> da.Array:
-        name = getattr(dset, "name", None)
-        if not isinstance(dset, h5py.Dataset) or name is None:
-            return da.from_array(np.asarray(dset), chunks=-1)  # in-memory (e.g. zarr/ndarray)
-        arr = H5Array(self.path, name)
+    def part(self, series: Any) -> tuple[H5Array, float, float]:
+        dset = series.data
+        if not isinstance(dset, h5py.Dataset):
+            raise FormatError(f"{self.path}: series {series.name!r} is not stored in this HDF5 "
+                              "file (external or in-memory data is not supported).")
+        arr = H5Array(self.path, dset.name)
         self.arrays.append(arr)
-        row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
-        rows = max(1, min(arr.shape[0] if arr.shape else 1, _CHUNK_BYTES // row_bytes))
-        chunks = (rows, *arr.shape[1:]) if arr.shape else ()
-        return da.from_array(arr, chunks=chunks, name=f"nwb-{what}-{da.core.tokenize(arr)}",
-                             meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
+        conversion = float(getattr(series, "conversion", 1.0) or 1.0)
+        offset = float(getattr(series, "offset", 0.0) or 0.0)
+        return arr, conversion, offset
+
+    def wrap(self, columns: Columns) -> Any:
+        if self.chunks is None:
+            return indexing.LazilyIndexedArray(_Backend(columns))
+        chunks = self.chunks
+        if chunks == "auto":
+            row_bytes = max(1, columns.shape[1] * columns.dtype.itemsize)
+            chunks = (max(1, min(columns.shape[0], _CHUNK_BYTES // row_bytes)), -1)
+        return da.from_array(columns, chunks=chunks, meta=np.empty((0, 0), columns.dtype),
+                             name=f"nwb-{da.core.tokenize(columns)}")
 
     def close(self) -> None:
         for arr in self.arrays:
@@ -227,25 +333,47 @@ def _units(nwb: Any, path: Path, taken: set[str]) -> xr.Dataset:
             f"{ends[-1] if ends.size else None}) does not match {ids.size} units and "
             f"{flat.size} spike times; the file is corrupt."
         )
-    trains = np.split(flat, ends[:-1])
+    counts = np.diff(ends, prepend=0)
+    owner = np.repeat(np.arange(ids.size, dtype=np.int64), counts)  # unit position per spike
+    if not np.all(np.isfinite(flat)):
+        bad = ids[owner[np.argmax(~np.isfinite(flat))]]
+        raise InputDataError(f"{path}: units/spike_times holds NaN or Inf (unit {bad}); drop "
+                             "those spikes or fix the file.")
+    unsorted = np.diff(flat) < 0
+    inner = ends[:-1][(ends[:-1] > 0) & (ends[:-1] < flat.size)]
+    unsorted[inner - 1] = False  # the next unit may start earlier
+    if unsorted.any():
+        log.info("%s: spike times are not sorted within units; sorting them", path)
+        order = np.lexsort((flat, owner))
+        flat, owner = flat[order], owner[order]
+    del unsorted
     coords = _table_coords(units, "neuron", skip={"spike_times", "obs_intervals"}, prefix="",
                            taken=taken)
-    neuron_coords = {k: v[1] for k, v in coords.items()}
     obs = None
     if "obs_intervals" in units.colnames:
         obs_index = units["obs_intervals"]
         obs_flat = np.asarray(obs_index.target.data[:], dtype=np.float64).reshape(-1, 2)
         obs_ends = np.asarray(obs_index.data[:], dtype=np.int64)
         obs = np.split(obs_flat, obs_ends[:-1])
-    t_start = t_stop = None
     if obs is not None and any(o.size for o in obs):
         t_start = float(min(o[:, 0].min() for o in obs if o.size))
         t_stop = float(max(o[:, 1].max() for o in obs if o.size))
-    try:
-        ds = from_spike_times(trains, neuron_ids=[str(i) for i in ids], t_start=t_start,
-                              t_stop=t_stop, neuron_coords=neuron_coords)
-    except InputDataError as exc:
-        raise InputDataError(f"{path}: units/spike_times: {exc}") from exc
+    else:
+        t_start = float(flat.min()) if flat.size else 0.0
+        t_stop = float(flat.max()) if flat.size else 0.0
+    # The layout of neurodata.from_spike_times (sorted by unit, then time), built from the
+    # bulk read without per-unit copies.
+    ds = xr.Dataset(
+        {
+            "spike_time": ("spike", flat, {"units": "s"}),
+            "spike_neuron": ("spike", owner),
+            "spike_count_total": ("neuron", counts),
+            "valid_intervals": (("interval", "bound"), np.array([[t_start, t_stop]]),
+                                {"units": "s"}),
+        },
+        coords={"neuron_id": ("neuron", np.array([str(i) for i in ids])), **coords},
+        attrs={"schema_version": SCHEMA_VERSION, "history": []},
+    )
     if obs is not None:
         same = all(o.shape == obs[0].shape and np.array_equal(o, obs[0]) for o in obs)
         if same and obs[0].size:
@@ -309,16 +437,9 @@ def _series_time(series: Any, path: Path) -> np.ndarray:
     return start + np.arange(n) / float(rate)
 
 
-def _scaled(series: Any, reader: _Reader, what: str) -> tuple[da.Array, dict]:
-    """The series data as a lazy dask array in physical units (conversion, offset applied)."""
-    data = reader.lazy(series.data, what=what)
-    conversion = float(getattr(series, "conversion", 1.0) or 1.0)
-    offset = float(getattr(series, "offset", 0.0) or 0.0)
-    if conversion != 1.0 or offset != 0.0:
-        data = data.astype(np.float64) * conversion + offset
-    attrs = {"nwb_path": series.data.name if hasattr(series.data, "name") else series.name,
-             "nwb_unit": str(series.unit), "conversion": conversion, "offset": offset}
-    return data, attrs
+def _series_attrs(series: Any, part: tuple[H5Array, float, float]) -> dict[str, Any]:
+    return {"nwb_path": part[0].name, "nwb_unit": str(series.unit), "conversion": part[1],
+            "offset": part[2]}
 
 
 def _roi_ids(series: Any, path: Path) -> tuple[np.ndarray, str]:
@@ -379,7 +500,7 @@ def _ophys(nwb: Any, path: Path, reader: _Reader, choice: str | None,
     keys = _choose_ophys(candidates, choice, path)
     if not keys:
         return None, []
-    parts, times, ids, planes = [], None, [], []
+    parts, times, ids, planes, attrs_list = [], None, [], [], []
     for key in keys:
         series = candidates[key]
         t = _series_time(series, path)
@@ -390,13 +511,9 @@ def _ophys(nwb: Any, path: Path, reader: _Reader, choice: str | None,
             )
         times = t
         roi, plane = _roi_ids(series, path)
-        data, attrs = _scaled(series, reader, key.replace("/", "-"))
-        if data.ndim == 1:
-            data = data[:, None]
-        if not allow_nan and data.dtype.kind == "f":
-            data = data.map_blocks(_check_finite_block, path=str(path), series=key,
-                                   roi_ids=roi, dtype=data.dtype)
-        parts.append((data, attrs))
+        part = reader.part(series)
+        parts.append(part)
+        attrs_list.append(_series_attrs(series, part))
         ids.append(roi)
         planes.append(np.full(roi.size, plane))
     roi_ids = np.concatenate(ids)
@@ -404,14 +521,15 @@ def _ophys(nwb: Any, path: Path, reader: _Reader, choice: str | None,
     neuron_id = roi_ids.astype(str)
     if len(set(neuron_id.tolist())) != neuron_id.size:
         neuron_id = np.array([f"{p}/{i}" for p, i in zip(plane, roi_ids, strict=True)])
-    data = parts[0][0] if len(parts) == 1 else da.concatenate([p[0] for p in parts], axis=1)
+    data = reader.wrap(Columns(parts, roi_ids, f"{path}: series {', '.join(keys)}",
+                               check=not allow_nan))
     signal, units = _signal_of(keys[0])
-    nwb_unit = parts[0][1]["nwb_unit"]
+    nwb_unit = attrs_list[0]["nwb_unit"]
     if signal == "fluorescence" and nwb_unit not in ("n.a.", "", "no unit"):
         units = nwb_unit
     attrs = {"signal": signal, "units": units, "nwb_series": list(keys),
-             "conversion": [p[1]["conversion"] for p in parts],
-             "offset": [p[1]["offset"] for p in parts]}
+             "conversion": [a["conversion"] for a in attrs_list],
+             "offset": [a["offset"] for a in attrs_list]}
     ds = xr.Dataset(
         {"activity": (("time", "neuron"), data, attrs)},
         coords={"time": ("time", times, {"units": "s"}), "neuron_id": ("neuron", neuron_id),
@@ -433,27 +551,32 @@ def _behavior(nwb: Any, path: Path, reader: _Reader,
               and not _is_stimulus(nwb, o)]
     on_clock, own = [], {}
     for s in sorted(series, key=lambda o: o.name):
+        if len(s.data.shape) > 2:
+            log.info("%s: series %r has %d dims; only 1-D and 2-D behaviour is loaded", path,
+                     s.name, len(s.data.shape))
+            continue
         t = _series_time(s, path)
-        data, attrs = _scaled(s, reader, f"behavior-{_safe(s.name)}")
-        if data.ndim == 1:
-            data = data[:, None]
-        data = data.reshape(data.shape[0], -1)
-        n_col = data.shape[1]
+        part = reader.part(s)
+        n_col = 1 if len(s.data.shape) == 1 else s.data.shape[1]
         suffixes = ["x", "y", "z"] if isinstance(s, SpatialSeries) and n_col <= 3 else None
         channels = [s.name] if n_col == 1 else [
             f"{s.name}_{suffixes[i] if suffixes else i}" for i in range(n_col)]
         if clock is not None and t.shape == clock.shape and np.allclose(t, clock, atol=1e-9):
-            on_clock.append((data, channels))
+            on_clock.append((part, channels, _series_attrs(s, part)))
             continue
         name = _safe(s.name)
+        data = reader.wrap(Columns([part], np.array(channels), f"{path}: series {s.name!r}",
+                                   check=False))
         own[f"time_{name}"] = (f"time_{name}", t, {"units": "s"})
         own[f"channel_{name}"] = (f"channel_{name}", np.array(channels, dtype=str))
-        own[f"behavior_{name}"] = ((f"time_{name}", f"channel_{name}"),
-                                   data.astype(np.float64), attrs)
+        own[f"behavior_{name}"] = ((f"time_{name}", f"channel_{name}"), data,
+                                   _series_attrs(s, part))
     if on_clock:
-        data = da.concatenate([d for d, _ in on_clock], axis=1).astype(np.float64)
-        channels = [c for _, cs in on_clock for c in cs]
-        own["behavior"] = (("time", "behavior_channel"), data)
+        channels = [c for _, cs, _ in on_clock for c in cs]
+        data = reader.wrap(Columns([p for p, _, _ in on_clock], np.array(channels),
+                                   f"{path}: behaviour", check=False))
+        own["behavior"] = (("time", "behavior_channel"), data,
+                           {"nwb_series": [a["nwb_path"] for _, _, a in on_clock]})
         own["behavior_channel"] = ("behavior_channel", np.array(channels, dtype=str))
     return own
 
@@ -511,7 +634,7 @@ def _file_attrs(nwb: Any, path: Path) -> dict[str, Any]:
 
 
 def load(path: Path, *, ophys_series: str | None = None, bin_size: float | None = None,
-         allow_nan: bool = False, behavior: bool = True) -> xr.Dataset:
+         allow_nan: bool = False, behavior: bool = True, chunks: Any = "auto") -> xr.Dataset:
     """Load an NWB file lazily into the neurodata data model.
 
     Parameters
@@ -530,11 +653,17 @@ def load(path: Path, *, ophys_series: str | None = None, bin_size: float | None 
         naming the series and ROI (checked lazily, when the values are computed).
     behavior
         Load plain ``TimeSeries``/``SpatialSeries`` as behaviour variables.
+    chunks
+        ``"auto"`` (default): dask arrays in chunks of about 64 MiB along time; a dask chunks
+        spec; or ``None``: xarray's lazy indexing without dask, which reads a full
+        ``.values`` straight into one array (half the peak memory of dask's compute, which
+        holds the chunks and their concatenation at once).
 
     Returns
     -------
     xarray.Dataset
-        Validated; ROI traces and behaviour are dask arrays reading from the file.
+        Validated; ROI traces and behaviour are lazy (dask by default) arrays reading from
+        the file.
         ``ds.close()`` releases the file.
 
     Examples
@@ -544,7 +673,7 @@ def load(path: Path, *, ophys_series: str | None = None, bin_size: float | None 
     """
     path = Path(path)
     io, nwb = _open(path)
-    reader = _Reader(path)
+    reader = _Reader(path, chunks)
     try:
         taken: set[str] = set()
         parts: list[xr.Dataset] = []
