@@ -65,16 +65,18 @@ def _m_step(w, logw, off, tau, theta, alpha, degree: bool, fit_alpha: bool):
         omega = omega_of(theta)
         # theta_i = mean over j of w_ij / (theta_j omega_{z_i z_j}) under q
         inv = tau @ (1.0 / omega) @ tau.T  # E[1/omega_{z_i z_j}] under the mean field
-        theta = jnp.sum(off * w * inv / theta[None, :], axis=1) / (n - 1)
-        theta = jnp.maximum(theta, 1e-12)
+        n_other = jnp.sum(off, axis=1)
+        theta = jnp.sum(off * w * inv / theta[None, :], axis=1) / jnp.maximum(n_other, 1.0)
+        # padded nodes (no neighbours) keep theta = 1
+        theta = jnp.where(n_other > 0, jnp.maximum(theta, 1e-12), 1.0)
         # fix the scale: geometric mean 1 within each group (omega absorbs it)
         logt = jnp.log(theta)
         grp = (tau.T @ logt) / jnp.maximum(tau.sum(0), 1e-12)
         theta = jnp.exp(logt - tau @ grp)
     omega = omega_of(theta)
-    log_pi = jnp.log(jnp.maximum(tau.mean(0), 1e-12))
+    log_pi = jnp.log(jnp.maximum(tau.sum(0) / jnp.maximum(tau.sum(), 1.0), 1e-12))
     if fit_alpha:
-        mu = theta[:, None] * theta[None, :] * (tau @ omega @ tau.T)
+        mu = jnp.where(off > 0, theta[:, None] * theta[None, :] * (tau @ omega @ tau.T), 1.0)
         r = off * (logw - jnp.log(mu) - w / mu)
         s = -jnp.sum(r) / jnp.sum(off) - 1.0
         s = jnp.maximum(s, 1e-8)
@@ -88,7 +90,7 @@ def _m_step(w, logw, off, tau, theta, alpha, degree: bool, fit_alpha: bool):
     return theta, omega, log_pi, alpha
 
 
-def _e_step(w, off, params: SBMParams, active, n_sweeps: int = 1):
+def _e_step(w, off, params: SBMParams, active, valid, n_sweeps: int = 1):
     """Mean-field update of tau; groups outside ``active`` (padding) keep probability 0."""
     theta, omega, log_pi, alpha = params.theta, params.omega, params.log_pi, params.alpha
     tau = params.tau
@@ -99,26 +101,30 @@ def _e_step(w, off, params: SBMParams, active, n_sweeps: int = 1):
             cnt @ jnp.log(omega).T + (s / theta[:, None]) @ (1.0 / omega).T
         )
         tau = jax.nn.softmax(jnp.where(active[None, :], logit, -jnp.inf), axis=1)
+        tau = tau * valid[:, None]
     return tau
 
 
 def _loglik(w, logw, off, theta, omega, alpha, z_onehot):
     """Log-likelihood of the weights under hard (or soft) assignments (pairs i < j)."""
-    mu = theta[:, None] * theta[None, :] * (z_onehot @ omega @ z_onehot.T)
+    mu = jnp.where(off > 0, theta[:, None] * theta[None, :] * (z_onehot @ omega @ z_onehot.T),
+                   1.0)
     ll = (alpha * jnp.log(alpha) - gammaln(alpha) + (alpha - 1.0) * logw
           - alpha * jnp.log(mu) - alpha * w / mu)
     return 0.5 * jnp.sum(off * ll)
 
 
 @partial(jax.jit, static_argnames=("degree", "fit_alpha", "max_iter"))
-def _fit_vem(w, logw, tau0, degree: bool, fit_alpha: bool, max_iter: int, tol: float):
-    """Variational EM from ``tau0 (N, K_max)``; all-zero columns are unused groups.
+def _fit_vem(w, logw, tau0, valid, degree: bool, fit_alpha: bool, max_iter: int, tol: float):
+    """Variational EM from ``tau0 (N_pad, K_max)``; all-zero columns are unused groups.
 
-    Padding every K to the same ``K_max`` compiles one program for the whole K scan.
+    Padding every K to the same ``K_max``, and graphs to a power-of-two number of nodes
+    (``valid`` marks the real ones), compiles one program for the whole K scan and for the
+    subgraphs of a nested fit.
     """
     n, k = tau0.shape
     active = tau0.sum(0) > 0
-    off = 1.0 - jnp.eye(n)
+    off = valid[:, None] * valid[None, :] * (1.0 - jnp.eye(n))
     theta0 = jnp.ones(n)
     alpha0 = jnp.array(1.0)
     theta, omega, log_pi, alpha = _m_step(w, logw, off, tau0, theta0, alpha0, degree, fit_alpha)
@@ -130,14 +136,15 @@ def _fit_vem(w, logw, tau0, degree: bool, fit_alpha: bool, max_iter: int, tol: f
 
     def body(c):
         p, it, _ = c
-        tau = _e_step(w, off, p, active)
+        tau = _e_step(w, off, p, active, valid)
         theta, omega, log_pi, alpha = _m_step(w, logw, off, tau, p.theta, p.alpha, degree,
                                               fit_alpha)
         return SBMParams(tau, theta, omega, log_pi, alpha), it + 1, jnp.max(jnp.abs(tau - p.tau))
 
     p, _, _ = jax.lax.while_loop(cond, body, (init, jnp.array(0), jnp.array(jnp.inf)))
     # hard assignment, parameters refitted to it, complete-data log-likelihood
-    z = jax.nn.one_hot(jnp.argmax(p.tau, axis=1), k)
+    z = jax.nn.one_hot(jnp.argmax(p.tau, axis=1), k) * valid[:, None]
+    n = jnp.sum(valid)
     theta, omega, log_pi, alpha = _m_step(w, logw, off, z, p.theta, p.alpha, degree, fit_alpha)
     for _ in range(5):
         theta, omega, log_pi, alpha = _m_step(w, logw, off, z, theta, alpha, degree, fit_alpha)
@@ -248,11 +255,16 @@ class WeightedSBM(NeurodataModel):
     def _fit_k(self, w, logw, k, k_pad, rng):
         best = None
         for i in range(self.n_init if k > 1 else 1):
-            tau0 = np.zeros((w.shape[0], k_pad))
-            tau0[:, :k] = _spectral_init(w, k, rng, jitter=0.0 if i == 0 else 0.1)
-            p, ll = _fit_vem(jnp.asarray(w), jnp.asarray(logw), jnp.asarray(tau0),
+            n = w.shape[0]
+            n_pad = max(8, 1 << (n - 1).bit_length())
+            tau0 = np.zeros((n_pad, k_pad))
+            tau0[:n, :k] = _spectral_init(w, k, rng, jitter=0.0 if i == 0 else 0.1)
+            pad = ((0, n_pad - n), (0, n_pad - n))
+            p, ll = _fit_vem(jnp.asarray(np.pad(w, pad)), jnp.asarray(np.pad(logw, pad)),
+                             jnp.asarray(tau0), jnp.asarray(np.arange(n_pad) < n, float),
                              bool(self.degree_corrected), self.distribution == "gamma",
                              int(self.max_iter), float(self.tol))
+            p = p._replace(tau=p.tau[:n], theta=p.theta[:n])
             ll = float(ll)
             if best is None or ll > best[1]:
                 best = (p, ll)
@@ -269,7 +281,7 @@ class WeightedSBM(NeurodataModel):
               else range(1, min(int(self.max_groups), w.shape[0] - 1) + 1))
         fits = {}
         for k in ks:
-            fits[k] = self._fit_k(w, logw, k, max(ks), rng)
+            fits[k] = self._fit_k(w, logw, k, max(int(self.max_groups), k), rng)
             # ICL is unimodal in K in practice: stop two steps past the best
             if self.n_groups is None and k >= 3 and fits[k][1] < fits[k - 1][1] < fits[k - 2][1]:
                 break
