@@ -40,7 +40,7 @@ from neurodata.errors import (
     DatasetNotFoundError,
     DownloadError,
     FormatError,
-    NeurodataError,
+    LicenseError,
 )
 
 REGISTRY_ENV = "NEURODATA_REGISTRY"
@@ -49,10 +49,6 @@ CACHE_ENV = "NEURODATA_DATA_DIR"
 
 SIZE_CLASSES = ("ci", "tutorial", "large")
 PROCESSORS = (None, "unzip", "untar")
-
-
-class LicenseError(NeurodataError, PermissionError):
-    """A registry entry whose licence is ``unknown`` was requested without opting in."""
 
 
 @dataclass(frozen=True)

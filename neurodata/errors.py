@@ -38,6 +38,10 @@ class DatasetNotFoundError(NeurodataError, LookupError):
     """An id that the dataset registry does not know."""
 
 
+class LicenseError(NeurodataError, PermissionError):
+    """A registry entry whose licence is ``unknown`` was requested without opting in."""
+
+
 class ChecksumError(NeurodataError, OSError):
     """A downloaded or mirrored file does not match the sha256 in the registry."""
 
