@@ -1,0 +1,114 @@
+"""Affinity tensor and the DynamicConnectome pipeline on simulated multi-animal worms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import neurodata
+from neurodata.errors import InputDataError
+from neurodata.models.affinity import affinity_tensor, pairs_to_matrix
+from neurodata.models.community import nmi
+from neurodata.models.ntf import DynamicConnectome, simulate
+
+
+def _stack(n_animal=2, n_time=120, n_neuron=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_animal, n_time, n_neuron)).cumsum(axis=1)
+    rec = np.ones((n_animal, n_neuron), bool)
+    return xr.Dataset(
+        {"activity": (("animal", "time", "neuron"), x, {"signal": "dff", "units": "1"}),
+         "recorded": (("animal", "neuron"), rec)},
+        coords={"time": np.arange(n_time) / 10.0,
+                "neuron_id": ("neuron", [f"n{i}" for i in range(n_neuron)]),
+                "animal": np.arange(n_animal)},
+        attrs={"sampling_rate": 10.0},
+    )
+
+
+def test_affinity_matches_brute_force():
+    ds = _stack()
+    ds["activity"][1, :, 3] = np.nan
+    ds["recorded"][1, 3] = False
+    aff = affinity_tensor(ds, window=3.0, step=2.0, sigma=0.7)
+    assert aff.dims == ("pair", "window", "animal")
+    assert aff.sizes["pair"] == 10
+    x = ds["activity"].values
+    d = np.diff(x, axis=1)
+    for w in (0, 3):
+        seg = d[0, w * 20: w * 20 + 30]
+        rho = np.corrcoef(seg.T)
+        expected = np.exp(-(1 - rho) / 0.7**2)[np.triu_indices(5, 1)]
+        np.testing.assert_allclose(aff.values[:, w, 0], expected, rtol=1e-5)
+    missing = (aff["index_a"] == 3) | (aff["index_b"] == 3)
+    assert not aff["mask"].values[missing.values, 1].any()
+    assert aff["mask"].values[~missing.values, 1].all()
+    assert np.all(aff.values[missing.values, :, 1] == 0)
+    corr = affinity_tensor(ds, window=3.0, kernel="correlation")
+    seg = x[0, :30]
+    expected = np.maximum(np.corrcoef(seg.T), 0)[np.triu_indices(5, 1)]
+    np.testing.assert_allclose(corr.values[:, 0, 0], expected, rtol=1e-5, atol=1e-6)
+    m = pairs_to_matrix(aff[:, 0, 0])
+    assert m.dims == ("neuron_a", "neuron_b")
+    pair = ((aff.index_a == 1) & (aff.index_b == 4)).values
+    assert float(m.sel(neuron_a="n1", neuron_b="n4")) == pytest.approx(
+        float(aff.values[pair, 0, 0][0]))
+
+
+def test_single_animal_input():
+    ds = neurodata.from_arrays(np.random.default_rng(0).normal(size=(200, 4)), 20.0,
+                               signal="dff")
+    aff = affinity_tensor(ds, window=2.0, step=1.0, kernel="gaussian")
+    assert dict(aff.sizes) == {"pair": 6, "window": 9, "animal": 1}
+    assert bool(aff["mask"].all())
+
+
+def test_affinity_bad_input():
+    ds = _stack()
+    bad = ds.copy(deep=True)
+    bad["activity"][0, 10:15, 2] = np.nan  # a NaN run in a recorded trace
+    with pytest.raises(InputDataError, match="NaN values in recorded traces"):
+        affinity_tensor(bad, window=3.0)
+    with pytest.raises(InputDataError, match="shorter window"):
+        affinity_tensor(ds, window=100.0)
+    lonely = ds.copy(deep=True)
+    lonely["recorded"].values[:] = np.array([[1, 1, 1, 0, 0], [0, 0, 0, 1, 1]], bool)
+    lonely["activity"].values[~lonely["recorded"].values[:, None, :].repeat(120, 1)] = np.nan
+    with pytest.raises(InputDataError, match="share no recorded neuron pair"):
+        affinity_tensor(lonely, window=3.0)
+    with pytest.raises(InputDataError, match="kernel"):
+        affinity_tensor(ds, window=3.0, kernel="cosine")
+    with pytest.raises(InputDataError, match="sampling_rate"):
+        affinity_tensor(ds.assign_attrs(sampling_rate=-1.0), window=3.0)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    ds = simulate(n_neurons=30, n_animals=4, epoch_duration=60.0, sampling_rate=5.0,
+                  missing=0.1, seed=0)
+    dc = DynamicConnectome(rank=3, window=10.0, step=5.0, n_init=4, seed=0).fit(ds)
+    return ds, dc
+
+
+def test_pipeline_recovers_epoch_communities(fitted):
+    ds, dc = fitted
+    assert (~ds["recorded"].values).any()  # some neurons are missing in some animals
+    comps = dc.epoch_components()
+    assert sorted(comps.values()) == [0, 1, 2]  # one component per epoch
+    for j, epoch in enumerate(ds["epoch"].values):
+        labels = dc.communities_.values[comps[str(epoch)]]
+        assert nmi(labels, ds["planted_community"].values[j]) >= 0.85
+    # animal loadings follow the planted gains
+    load = dc.animal_loading_.values.mean(1)
+    assert np.corrcoef(load, ds["animal_gain"].values)[0, 1] > 0.8
+
+
+def test_atlas_and_save(fitted, tmp_path):
+    _, dc = fitted
+    atlas = dc.atlas()
+    assert set(atlas.data_vars) >= {"time_course", "animal_loading", "community",
+                                    "epoch_activity"}
+    back = DynamicConnectome.load(dc.save(tmp_path / "dc.nc"))
+    np.testing.assert_array_equal(back.communities_.values, dc.communities_.values)
+    assert back.epoch_components() == dc.epoch_components()
