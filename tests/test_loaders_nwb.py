@@ -323,3 +323,33 @@ def test_unsorted_spike_times_are_sorted(tmp_path):
     ds = neurodata.load(_write(nwbfile, tmp_path / "unsorted.nwb"))
     assert ds.spike_time.values.tolist() == [0.1, 0.3, 0.5, 0.05, 0.2]
     assert ds.spike_neuron.values.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_pynwb_mock_helpers(tmp_path):
+    from pynwb.testing.mock.base import mock_TimeSeries
+    from pynwb.testing.mock.ecephys import mock_Units
+    from pynwb.testing.mock.ophys import mock_RoiResponseSeries
+
+    nwbfile = mock_NWBFile()
+    units = mock_Units(num_units=4, max_spikes_per_unit=6, seed=0, nwbfile=nwbfile)
+    rrs = mock_RoiResponseSeries(name="RoiResponseSeries", data=np.arange(60.0).reshape(20, 3),
+                                 rate=50.0, nwbfile=nwbfile)
+    mock_TimeSeries(name="wheel", data=np.arange(20, dtype=np.int16), rate=50.0,
+                    starting_time=0.0, conversion=0.1, offset=1.0, nwbfile=nwbfile)
+    mock_TimeSeries(name="late", data=np.arange(8.0), rate=4.0, starting_time=2.5,
+                    nwbfile=nwbfile)
+    path = _write(nwbfile, tmp_path / "mock.nwb")
+    ds = neurodata.load(path)
+    # a RoiResponseSeries outside DfOverF/Fluorescence is found in its processing module
+    assert ds.activity.attrs["nwb_series"] == ["ophys/RoiResponseSeries"]
+    np.testing.assert_array_equal(ds.activity.values, rrs.data)
+    np.testing.assert_array_equal(ds.time.values, np.arange(20) / 50.0)
+    np.testing.assert_array_equal(ds.behavior.sel(behavior_channel="wheel").values,
+                                  np.arange(20) * 0.1 + 1.0)
+    np.testing.assert_array_equal(ds.time_late.values, 2.5 + np.arange(8) / 4.0)
+    # units sit on their own dims beside the ROIs
+    assert ds.sizes["unit"] == 4
+    np.testing.assert_array_equal(ds.unit_spike_time.values,
+                                  np.concatenate([units.get_unit_spike_times(i)
+                                                  for i in range(4)]))
+    assert ds.unit_unit_name.values.tolist() == [f"unit_{i}" for i in range(4)]

@@ -27,11 +27,17 @@ What becomes what:
   ``epoch_tags`` (comma-joined) and ``epoch_<column>``.
 
 Values are ``data * conversion + offset`` (float64 when either is not the identity),
-computed lazily by dask. Time is ``timestamps`` when present (they win over ``rate``; the
-choice is logged), else ``starting_time + k / rate``. Arrays stay on disk until used: each
-dask chunk reads through :class:`H5Array`, which holds the file path and dataset name, so
-the graph pickles and dask workers reopen the file by path. ``ds.close()`` closes the file
-handles held in this process.
+computed lazily when read. Time is ``timestamps`` when present (they win over ``rate``; the
+choice is logged), else ``starting_time + k / rate`` (a plain float64 coordinate: xarray's
+``RangeIndex`` would save the memory but refuses ``sel(time=slice(...))``). Time must be
+the first axis: a timestamp count that differs from the data's first axis, or ROI counts
+that differ from its second, raise :class:`FormatError`.
+
+Arrays stay on disk until used. Every read goes through :class:`Columns` over
+:class:`H5Array` objects, which hold the file path and dataset name (no h5py object), so
+the dask graph pickles and workers reopen the file by path; the handles opened in this
+process stay open while the dataset lives, and ``ds.close()`` releases them. NaN/Inf in ROI
+traces raise :class:`InputDataError` when the values are read, unless ``allow_nan=True``.
 """
 
 from __future__ import annotations
@@ -339,7 +345,7 @@ def _units(nwb: Any, path: Path, taken: set[str]) -> xr.Dataset:
         bad = ids[owner[np.argmax(~np.isfinite(flat))]]
         raise InputDataError(f"{path}: units/spike_times holds NaN or Inf (unit {bad}); drop "
                              "those spikes or fix the file.")
-    unsorted = np.diff(flat) < 0
+    unsorted = flat[1:] < flat[:-1]  # a bool temporary, not a float64 np.diff
     inner = ends[:-1][(ends[:-1] > 0) & (ends[:-1] < flat.size)]
     unsorted[inner - 1] = False  # the next unit may start earlier
     if unsorted.any():
