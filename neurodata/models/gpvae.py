@@ -179,7 +179,7 @@ def _encode(params, spec: Spec, data, mask, present):
     return jnp.stack(means), jnp.stack(precs)
 
 
-def posterior(params, spec: Spec, grid, basis, data, mask, present) -> Posterior:
+def posterior(params, spec: Spec, grid, basis, data, mask, present, keep=None) -> Posterior:
     """Posterior over every latent of one trial.
 
     Parameters
@@ -198,8 +198,18 @@ def posterior(params, spec: Spec, grid, basis, data, mask, present) -> Posterior
         ``(T,)`` 1 for observed bins.
     present
         Static tuple: which modalities inform the posterior.
+    keep
+        Optional ``(M,)`` 0/1 weights that switch modalities off inside jit (training with
+        modality dropout).
     """
     means, precs = _encode(params, spec, data, mask, present)
+    sees = np.zeros((len(spec.modalities), spec.n_latents), np.float32)
+    for i, idx in enumerate(spec.latent_index):
+        sees[i, list(idx)] = float(present[i])
+    sees = jnp.asarray(sees)
+    if keep is not None:
+        precs = precs * keep[:, None, None]
+        sees = sees * keep[:, None]
     ell = length_scales(params, spec)
 
     if spec.fourier:
@@ -220,14 +230,11 @@ def posterior(params, spec: Spec, grid, basis, data, mask, present) -> Posterior
     else:
         # Each modality's own posterior, then the average of means and log-variances over the
         # modalities that see each latent (private latents: their one modality).
-        sees = np.zeros((len(spec.modalities), spec.n_latents), np.float32)
-        for i, idx in enumerate(spec.latent_index):
-            sees[i, list(idx)] = float(present[i])
-        weight = jnp.asarray(sees / np.maximum(sees.sum(0), 1.0))[:, :, None]
+        weight = (sees / jnp.maximum(sees.sum(0), 1.0))[:, :, None]
         mus, variances = jax.vmap(solve)(precs, means)
         mu = (weight * mus).sum(0)
         log_var = (weight * jnp.log(variances)).sum(0)
-        unseen = jnp.asarray(sees.sum(0) == 0)[:, None]
+        unseen = (sees.sum(0) == 0)[:, None]
         prior_mu, prior_var = solve(jnp.zeros_like(precs[0]), jnp.zeros_like(means[0]))
         mu = jnp.where(unseen, prior_mu, mu)
         var = jnp.where(unseen, prior_var, jnp.exp(log_var))
@@ -268,9 +275,16 @@ def _gaussian_loglik(x, pred_mean, extra_var, log_noise, mask):
     return jnp.sum(ll * mask[:, None])
 
 
-def trial_elbo(params, spec: Spec, grid, basis, data, targets, mask, key) -> jax.Array:
-    """ELBO of one trial: expected log-likelihood of every modality minus the KL."""
-    post = posterior(params, spec, grid, basis, data, mask, (True,) * len(spec.modalities))
+def trial_elbo(params, spec: Spec, grid, basis, data, targets, mask, key, keep=None
+               ) -> jax.Array:
+    """ELBO of one trial: expected log-likelihood of every modality minus the KL.
+
+    With ``keep`` the posterior is inferred from the kept modalities only, while every
+    modality is still reconstructed; any ``q`` gives a lower bound on ``log p``, so this is
+    still an ELBO of the full data, with a weaker ``q``.
+    """
+    post = posterior(params, spec, grid, basis, data, mask, (True,) * len(spec.modalities),
+                     keep)
     total = -post.kl.sum()
     eps = jax.random.normal(key, (spec.n_samples, *post.coef_mean.shape), DTYPE)
     samples = jnp.einsum("skf,ft->stk", post.coef_mean + jnp.sqrt(post.coef_var) * eps, basis)
@@ -453,6 +467,13 @@ class MMGPVAE(NeurodataModel):
         Width and number of hidden layers of the encoder and MLP-decoder networks (ELU).
     n_samples
         Monte-Carlo samples for the MLP decoders' expected log-likelihood.
+    modality_dropout
+        Probability that, for a training trial, the posterior is inferred from all
+        modalities but one (chosen at random) while all are reconstructed (MVAE-style
+        subsampling, Wu & Goodman 2018). Any posterior gives a lower bound, so the objective
+        stays an ELBO; it keeps one modality's encoder from taking over the shared latents
+        and trains the cross-modal predictions of :meth:`predict_modality`. The held-out
+        ELBO used for early stopping uses every modality.
     learning_rate, clip_norm
         Adam step size and global gradient-norm clip. ``learning_rate`` may be a mapping
         from modality name to the step size of that modality's encoder and decoder (the
@@ -510,6 +531,7 @@ class MMGPVAE(NeurodataModel):
         hidden_size: int = 64,
         depth: int = 2,
         n_samples: int = 1,
+        modality_dropout: float = 0.5,
         learning_rate: float = 3e-3,
         clip_norm: float = 1.0,
         batch_size: int = 20,
@@ -535,6 +557,7 @@ class MMGPVAE(NeurodataModel):
         self.hidden_size = hidden_size
         self.depth = depth
         self.n_samples = n_samples
+        self.modality_dropout = modality_dropout
         self.learning_rate = learning_rate
         self.clip_norm = clip_norm
         self.batch_size = batch_size
@@ -748,7 +771,8 @@ class MMGPVAE(NeurodataModel):
         opt_state = optimizer.init(dyn)
         epoch_fn, elbo_fn = _make_train_fns(static, spec, grid, basis, optimizer,
                                             int(self.batch_size), len(train_idx),
-                                            bool(self.learn_length_scale))
+                                            bool(self.learn_length_scale),
+                                            float(self.modality_dropout))
 
         history = {"train": [], "validation": []}
         best, best_dyn, since = -np.inf, dyn, 0
@@ -965,27 +989,36 @@ def _posterior_batch(params, spec, grid, basis, inputs, mask, present):
 
 
 def _make_train_fns(static, spec: Spec, grid, basis, optimizer, batch_size: int, n_train: int,
-                    learn_length_scale: bool):
+                    learn_length_scale: bool, modality_dropout: float = 0.0):
     """Jitted epoch (scan over minibatches) and held-out ELBO for fixed structure."""
+    n_mod = len(spec.modalities)
 
-    def batch_elbo(dyn, batch: _Batch, key):
+    def batch_elbo(dyn, batch: _Batch, key, dropout: float):
         params = eqx.combine(dyn, static)
         if not learn_length_scale:  # zero gradient: Adam then leaves it unchanged
             params["length_scale_raw"] = jax.lax.stop_gradient(params["length_scale_raw"])
-        keys = jax.random.split(key, batch.mask.shape[0])
-        elbos = jax.vmap(lambda x, y, m, k: trial_elbo(params, spec, grid, basis, x, y, m, k))(
-            batch.inputs, batch.targets, batch.mask, keys)
+        n = batch.mask.shape[0]
+        key, drop_key, which_key = jax.random.split(key, 3)
+        keys = jax.random.split(key, n)
+        # Modality dropout (MVAE-style subsampling): a trial's posterior sometimes comes from
+        # all modalities but one, so that every encoder alone must explain the others.
+        dropped = jax.random.uniform(drop_key, (n,)) < (dropout if n_mod > 1 else 0.0)
+        onehot = jax.nn.one_hot(jax.random.randint(which_key, (n,), 0, n_mod), n_mod)
+        keep = jnp.where(dropped[:, None], 1.0 - onehot, 1.0).astype(DTYPE)
+        elbos = jax.vmap(lambda x, y, m, k, kp: trial_elbo(params, spec, grid, basis, x, y, m,
+                                                           k, kp))(
+            batch.inputs, batch.targets, batch.mask, keys, keep)
         return elbos, batch.mask.sum(-1)
 
     @jax.jit
     def elbo_fn(dyn, batch, key):
-        elbos, bins = batch_elbo(dyn, batch, key)
+        elbos, bins = batch_elbo(dyn, batch, key, 0.0)
         return elbos.sum() / bins.sum()
 
     n_batches = max(1, math.ceil(n_train / batch_size))
 
     def loss(dyn, batch, weight, key):
-        elbos, bins = batch_elbo(dyn, batch, key)
+        elbos, bins = batch_elbo(dyn, batch, key, modality_dropout)
         return -(weight * elbos).sum() / jnp.maximum((weight * bins).sum(), 1.0)
 
     @jax.jit
