@@ -53,7 +53,6 @@ class SBMParams(NamedTuple):
 
 def _m_step(w, logw, off, tau, theta, alpha, degree: bool, fit_alpha: bool):
     """Closed-form updates of omega, theta (degree-corrected) and alpha given tau."""
-    n = w.shape[0]
 
     def omega_of(theta):
         scaled = w / (theta[:, None] * theta[None, :])
@@ -388,7 +387,8 @@ def leiden(graph, *, resolution: float = 1.0, seed: int = 0) -> np.ndarray:
     w = _check_graph(graph)
     ia, ib = np.triu_indices(w.shape[0], k=1)
     keep = w[ia, ib] > 0
-    g = ig.Graph(n=w.shape[0], edges=list(zip(ia[keep].tolist(), ib[keep].tolist())))
+    edges = list(zip(ia[keep].tolist(), ib[keep].tolist(), strict=True))
+    g = ig.Graph(n=w.shape[0], edges=edges)
     g.es["weight"] = w[ia, ib][keep].tolist()
     part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition,
                                     weights="weight", resolution_parameter=resolution, seed=seed)
