@@ -267,7 +267,8 @@ def random_init(key: jax.Array, shape, rank: int, n_init: int, norm: float, dtyp
         One ``(n_init, I_n, rank)`` array per mode.
     """
     keys = jax.random.split(key, len(shape))
-    factors = [jax.random.uniform(k, (n_init, n, rank), dtype) for k, n in zip(keys, shape)]
+    factors = [jax.random.uniform(k, (n_init, n, rank), dtype)
+               for k, n in zip(keys, shape, strict=True)]
     grams = jnp.ones((n_init, rank, rank), dtype)
     for f in factors:
         grams = grams * jnp.einsum("bir,bis->brs", f, f)
@@ -294,7 +295,7 @@ def normalize(factors) -> tuple[np.ndarray, list[np.ndarray]]:
     factors = [np.asarray(f, dtype=float) for f in factors]
     norms = np.stack([np.linalg.norm(f, axis=0) for f in factors])
     weights = norms.prod(axis=0)
-    factors = [f / np.where(n > 0, n, 1.0) for f, n in zip(factors, norms)]
+    factors = [f / np.where(n > 0, n, 1.0) for f, n in zip(factors, norms, strict=True)]
     order = np.argsort(-weights, kind="stable")
     return weights[order], [f[:, order] for f in factors]
 
@@ -326,7 +327,7 @@ def congruence(a, b) -> tuple[float, np.ndarray]:
     [2, 1, 0]
     """
     sim = np.ones((np.shape(a[0])[1], np.shape(b[0])[1]))
-    for fa, fb in zip(a, b):
+    for fa, fb in zip(a, b, strict=True):
         fa = np.asarray(fa, float)
         fb = np.asarray(fb, float)
         na = np.linalg.norm(fa, axis=0)
@@ -361,7 +362,7 @@ def _as_tensor(tensor, mask):
                 f"mask has {mask.ndim} dims but tensor has {x.ndim}; give a mask of the "
                 "tensor's shape (or with length-1 dims where it does not vary)."
             )
-        if any(m not in (1, n) for m, n in zip(mask.shape, x.shape)):
+        if any(m not in (1, n) for m, n in zip(mask.shape, x.shape, strict=True)):
             raise InputDataError(
                 f"mask shape {mask.shape} does not broadcast to the tensor shape {x.shape}."
             )
@@ -496,7 +497,14 @@ class NTF(NeurodataModel):
         n_iter = np.asarray(res.n_iter)
         final = errs[np.arange(errs.shape[0]), np.maximum(n_iter - 1, 0)]
         best = int(np.nanargmin(final))
-        reps = [normalize([f[b] for f in res.factors]) for b in range(errs.shape[0])]
+        factors = [np.asarray(f) for f in res.factors]
+        if mask is not None:
+            # rows with no observed entry (a pair never recorded) have no data: set to 0
+            full = np.broadcast_to(mask, x.shape)
+            for n, f in enumerate(factors):
+                seen = full.any(axis=tuple(k for k in range(x.ndim) if k != n))
+                f[:, ~seen, :] = 0.0
+        reps = [normalize([f[b] for f in factors]) for b in range(errs.shape[0])]
         weights, factors = reps[best]
         self.replicate_similarity_ = np.array([congruence(factors, r[1])[0] for r in reps])
         self.replicate_errors_ = final
@@ -513,7 +521,7 @@ class NTF(NeurodataModel):
             return factors
         out = []
         comp = np.arange(factors[0].shape[1])
-        for dim, f in zip(labels.dims, factors):
+        for dim, f in zip(labels.dims, factors, strict=True):
             coords = {c: v for c, v in labels[dim].coords.items() if v.dims == (dim,)}
             out.append(xr.DataArray(f, dims=(dim, "component"),
                                     coords={**coords, "component": comp}))
@@ -602,7 +610,7 @@ def rank_diagnostics(tensor, ranks, *, n_init: int = 5, heldout: float = 0.1, ma
 def simulate(n_neurons: int = 30, n_animals: int = 4, *, partitions=None,
              epoch_names=None, epoch_duration: float = 60.0, sampling_rate: float = 5.0,
              event_rate: float = 0.3, private_rate: float = 0.05, decay: float = 1.0,
-             noise: float = 0.1, missing: float = 0.1, seed: int = 0):
+             noise: float = 0.1, missing: float = 0.1, neuron_ids=None, seed: int = 0):
     """Multi-animal calcium traces whose co-active neuron groups change with stimulus epochs.
 
     In epoch ``e`` neurons are partitioned into groups (``partitions[e]``); every group
@@ -635,6 +643,9 @@ def simulate(n_neurons: int = 30, n_animals: int = 4, *, partitions=None,
         White-noise standard deviation (event amplitude is about 1).
     missing
         Fraction of neurons not recorded in each animal.
+    neuron_ids
+        Neuron labels (default ``N00``, ``N01``, ...), e.g. C. elegans names to compare
+        communities with a connectome.
     seed
         Seed.
 
@@ -678,7 +689,10 @@ def simulate(n_neurons: int = 30, n_animals: int = 4, *, partitions=None,
     # every neuron is recorded in at least one animal
     recorded[rng.integers(n_animals, size=n_neurons), np.arange(n_neurons)] = True
     act = np.where(recorded[:, None, :], act, np.nan)
-    ids = np.array([f"N{i:02d}" for i in range(n_neurons)])
+    ids = np.array([f"N{i:02d}" for i in range(n_neurons)] if neuron_ids is None
+                   else [str(i) for i in neuron_ids])
+    if ids.size != n_neurons:
+        raise InputDataError(f"neuron_ids has {ids.size} labels for {n_neurons} neurons.")
     return xr.Dataset(
         {"activity": (("animal", "time", "neuron"), act, {"signal": "dff", "units": "1"}),
          "recorded": (("animal", "neuron"), recorded),
