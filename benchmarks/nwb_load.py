@@ -99,6 +99,9 @@ def _measure(reader: str, what: str, path: str) -> dict:
     import pynwb  # noqa: F401  (imported up front by both: import time is not open time)
 
     if reader.startswith("neurodata"):
+        import dask.array  # noqa: F401
+        import dask.threaded  # noqa: F401  (dask imports its scheduler on first compute)
+
         import neurodata
         import neurodata.loaders.nwb  # noqa: F401
     else:

@@ -131,6 +131,11 @@ def test_bad_folders(tmp_path, rng):
     with pytest.raises(FormatError, match=r"Fneu\.npy.*shape"):
         neurodata.load(tmp_path / "short", sampling_rate=10.0)
 
+    _plane(tmp_path / "iscell", rng)
+    np.save(tmp_path / "iscell" / "iscell.npy", np.ones((5, 2)))
+    with pytest.raises(FormatError, match=r"iscell\.npy has 5 rows"):
+        neurodata.load(tmp_path / "iscell", sampling_rate=10.0)
+
     _plane(tmp_path / "neg", rng)
     np.save(tmp_path / "neg" / "Fneu.npy", np.full((6, 300), 500, np.float32))
     with pytest.raises(InputDataError, match="baseline"):

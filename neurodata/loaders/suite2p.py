@@ -194,8 +194,9 @@ def _plane(folder: Path, *, signal: str, neuropil_coef: float, allow_pickle: boo
     coords: dict[str, np.ndarray] = {}
     iscell = _npy(folder / "iscell.npy", required=False)
     if iscell is not None:
-        iscell = np.asarray(iscell).reshape(n_roi, -1) if np.size(iscell) else iscell
-        if iscell.shape[0] != n_roi:
+        iscell = np.asarray(iscell)
+        iscell = iscell[:, None] if iscell.ndim == 1 else iscell
+        if iscell.ndim != 2 or iscell.shape[0] != n_roi:
             raise FormatError(f"{folder / 'iscell.npy'} has {iscell.shape[0]} rows but the traces "
                               f"{n_roi} ROIs.")
         coords["iscell"] = iscell[:, 0].astype(bool)
@@ -206,6 +207,8 @@ def _plane(folder: Path, *, signal: str, neuropil_coef: float, allow_pickle: boo
         stat = _npy(stat_path, allow_pickle=True)
         if len(stat) != n_roi:
             raise FormatError(f"{stat_path} has {len(stat)} ROIs but the traces {n_roi}.")
+        if not all(isinstance(s, dict) and "med" in s for s in stat):
+            raise MissingFieldError(f"{stat_path}: an ROI has no 'med' (centroid) entry.")
         med = np.array([s["med"] for s in stat], dtype=np.float64)  # (y, x) in pixels
         coords["y"], coords["x"] = med[:, 0], med[:, 1]
         coords["npix"] = np.array([s.get("npix", len(s.get("xpix", []))) for s in stat])
