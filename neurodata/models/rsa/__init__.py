@@ -5,13 +5,28 @@
 :mod:`.compare`             RDM comparators (:func:`compare`)
 :mod:`.topology`            topological RSA: GT transform, RGTMs, geodesic RDMs, identification
 :mod:`.inference`           dual bootstrap, noise ceilings, pairwise tests, FDR
+:mod:`.cka`                 linear and RBF CKA, biased and debiased
+:mod:`.shape`               Procrustes, partially whitened shape metrics, CCA
+:mod:`.encoding`            ridge / PLS predictivity, reverse predictivity, ceilings, kernel
+                            analysis
+:mod:`.layer_map`           :func:`layer_area_map`: best layer per brain area, with robustness
+:mod:`.networks`            a small equinox CNN trained on scikit-learn's digits
 ==========================  ==================================================================
 """
 
 from __future__ import annotations
 
+from neurodata.models.rsa.cka import cka, hsic
 from neurodata.models.rsa.compare import COMPARATORS, compare, masked_ranks, vector_similarity
+from neurodata.models.rsa.encoding import (
+    kernel_analysis,
+    pls_predictivity,
+    reverse_predictivity,
+    ridge_predictivity,
+    split_half_ceiling,
+)
 from neurodata.models.rsa.inference import dual_bootstrap, fdr, noise_ceiling, pairwise_tests
+from neurodata.models.rsa.layer_map import layer_area_map
 from neurodata.models.rsa.rdm import (
     METHODS,
     as_rdms,
@@ -20,6 +35,7 @@ from neurodata.models.rsa.rdm import (
     precision_from_residuals,
     rdm_dataset,
 )
+from neurodata.models.rsa.shape import ShapeMetric, cca, procrustes_distance
 from neurodata.models.rsa.topology import (
     RGTM_CLASSES,
     adjacency,
@@ -34,6 +50,17 @@ from neurodata.models.rsa.topology import (
 
 __all__ = [
     "COMPARATORS",
+    "ShapeMetric",
+    "cca",
+    "cka",
+    "hsic",
+    "kernel_analysis",
+    "layer_area_map",
+    "pls_predictivity",
+    "procrustes_distance",
+    "reverse_predictivity",
+    "ridge_predictivity",
+    "split_half_ceiling",
     "METHODS",
     "RGTM_CLASSES",
     "adjacency",

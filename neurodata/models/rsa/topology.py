@@ -118,8 +118,8 @@ def gt_transform(rdms: Any, lower: float = 0.2, upper: float = 0.8):
     """
     values = _checked(rdms, lower, upper)
     v = condensed(values)
-    out = np.asarray(_square(_gt_vectors(v, jnp.asarray(lower), jnp.asarray(upper)),
-                             values.shape[1]))
+    lu = jnp.asarray(float(lower)), jnp.asarray(float(upper))
+    out = np.asarray(_square(_gt_vectors(v, *lu), values.shape[1]))
     return _like(rdms, out, f"gt({lower}, {upper})")
 
 
@@ -129,7 +129,7 @@ def adjacency(rdms: Any, quantile: float = 0.5):
     This is ``1 - GT(q, q)`` off the diagonal (diagonal 0).
     """
     values = _checked(rdms, quantile, quantile)
-    g = _gt_vectors(condensed(values), jnp.asarray(quantile), jnp.asarray(quantile))
+    g = _gt_vectors(condensed(values), jnp.asarray(float(quantile)), jnp.asarray(float(quantile)))
     out = np.asarray(_square(1.0 - g, values.shape[1]))
     return _like(rdms, out, f"adjacency({quantile})")
 
@@ -178,7 +178,8 @@ def geodesic(rdms: Any, lower: float = 0.2, upper: float = 0.8, *, rank_after: b
     """
     values = _checked(rdms, lower, upper)
     n = values.shape[1]
-    g = _square(_gt_vectors(condensed(values), jnp.asarray(lower), jnp.asarray(upper)), n)
+    lu = jnp.asarray(float(lower)), jnp.asarray(float(upper))
+    g = _square(_gt_vectors(condensed(values), *lu), n)
     dist = _floyd_warshall(g, g < 1.0)
     out = np.asarray(_rank_after(dist) if rank_after else dist)
     return _like(rdms, out, f"geodesic({lower}, {upper})")
