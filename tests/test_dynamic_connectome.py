@@ -112,3 +112,21 @@ def test_atlas_and_save(fitted, tmp_path):
     back = DynamicConnectome.load(dc.save(tmp_path / "dc.nc"))
     np.testing.assert_array_equal(back.communities_.values, dc.communities_.values)
     assert back.epoch_components() == dc.epoch_components()
+
+
+def test_figures(fitted):
+    import matplotlib.pyplot as plt
+
+    import neurodata.plot as ndplot
+
+    ds, dc = fitted
+    figs = [ndplot.ntf_components(dc), ndplot.ntf_time_courses(dc.time_course_, dc.weights_)]
+    diag = xr.Dataset({name: (("rank", "replicate"), np.random.default_rng(0).random((3, 2)))
+                       for name in ("error", "similarity", "heldout_error")},
+                      coords={"rank": [1, 2, 3], "replicate": [0, 1]})
+    figs.append(ndplot.ntf_rank_selection(diag))
+    graph = np.random.default_rng(0).random((6, 6))
+    figs.append(ndplot.community_graph(graph + graph.T, [0, 0, 1, 1, 2, 2], names=list("abcdef")))
+    assert len(figs[0].axes) == 4 * dc.communities_.sizes["component"]
+    for fig in figs:
+        plt.close(fig)

@@ -497,7 +497,7 @@ class NTF(NeurodataModel):
         n_iter = np.asarray(res.n_iter)
         final = errs[np.arange(errs.shape[0]), np.maximum(n_iter - 1, 0)]
         best = int(np.nanargmin(final))
-        factors = [np.asarray(f) for f in res.factors]
+        factors = [np.array(f) for f in res.factors]
         if mask is not None:
             # rows with no observed entry (a pair never recorded) have no data: set to 0
             full = np.broadcast_to(mask, x.shape)
