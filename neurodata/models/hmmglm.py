@@ -47,7 +47,7 @@ from neurodata.models._jax.hmm import (
     hmm_smoother_parallel,
     hmm_viterbi,
 )
-from neurodata.models._jax.loop import iterate
+from neurodata.models._jax.loop import iterate, make_chunk_runner
 
 __all__ = ["HMMGLM", "simulate", "select_n_states", "match_states", "bits_per_spike"]
 
@@ -58,6 +58,7 @@ CLASSES = ("inh", "none", "exc")
 _RATE_FLOOR = 1e-8
 _LOGIT_FLOOR = -20.0  # guards the one-hot prior against collapsing logits (reference: e^-20)
 _TRANS_FLOOR = float(np.exp(-8.0))
+_SPARSE_PSEUDO = (0.1, 0.8, 0.1)
 
 
 # --------------------------------------------------------------------------- functional core
@@ -230,6 +231,15 @@ def _close_gaussian(glm: GLMParams, cfg: _Config) -> GLMParams:
     return glm._replace(global_mean=mean, log_sigma=0.5 * jnp.log(sigma2))
 
 
+def _close_onehot(glm: GLMParams) -> GLMParams:
+    # Global class probabilities in closed form, like W_bar for the Gaussian prior: the
+    # posterior mean of a categorical over the states' relaxed adjacencies, with one
+    # pseudo-observation of a sparse connection (10% inh, 80% none, 10% exc).
+    adj = jax.nn.softmax(glm.adj_logits, -1)
+    probs = (jnp.sum(adj, 0) + jnp.asarray(_SPARSE_PSEUDO)) / (adj.shape[0] + 1.0)
+    return glm._replace(global_logits=jnp.log(probs))
+
+
 def _m_step_objective(glm: GLMParams, gamma, data: _Data, cfg: _Config, scale, key=None):
     weights = effective_weights(glm, cfg, key=key)
     ll = emission_loglik(glm, weights, data, cfg)
@@ -247,7 +257,10 @@ def _make_em_step(cfg: _Config, data: _Data):
             return _m_step_objective(glm._replace(bias=bias, weight=weight), gamma, data, cfg,
                                      scale)
 
-        opt = optax.lbfgs()
+        # A backtracking line search compiles much faster than the default zoom search and
+        # is enough for these smooth concave objectives.
+        opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
+            max_backtracking_steps=20, store_grad=True))
         value_and_grad = optax.value_and_grad_from_state(fun)
         free = (glm.bias, glm.weight)
 
@@ -271,6 +284,8 @@ def _make_em_step(cfg: _Config, data: _Data):
             glm = optax.apply_updates(glm, updates)
             if cfg.prior == "gaussian":
                 glm = _close_gaussian(glm, cfg)
+            elif cfg.prior == "onehot":
+                glm = _close_onehot(glm)
             return glm, opt_state
 
         return lax.fori_loop(0, cfg.m_steps, body, (glm, opt_state))
@@ -311,6 +326,42 @@ def _init_params(key, cfg: _Config, n_neurons: int, n_basis: int, rates: np.ndar
     glm = GLMParams(bias, weight, adj_logits, jnp.mean(weight, 0), global_logits,
                     jnp.asarray(np.log(cfg.prior_scale)))
     return Params(jnp.full(s, 1.0 / s), trans, glm)
+
+
+def _onehot_from_weights(params: Params, threshold: float = 0.35,
+                         sharpness: float = 0.1) -> Params:
+    """One-hot parameters whose relaxed weights approximate a fitted weight array."""
+    glm = params.glm
+    w = jnp.sum(glm.weight, -1)
+    adj_logits = jnp.stack([(-w - threshold) / sharpness, jnp.zeros_like(w),
+                            (w - threshold) / sharpness], -1)
+    magnitude = jnp.maximum(jnp.abs(glm.weight), 0.05)
+    glm = glm._replace(adj_logits=adj_logits, weight=jnp.log(jnp.expm1(magnitude)))
+    return params._replace(glm=_close_onehot(glm))
+
+
+@functools.lru_cache(maxsize=32)
+def _em_runner(cfg: _Config):
+    # The data travel in the loop state rather than in a closure, so one compiled runner
+    # serves every fit with the same configuration and array shapes (restarts, CV folds).
+    def all_restarts(state):
+        (carry, _), data = state
+        step, _ = _make_em_step(cfg, data)
+        carry, objectives = jax.vmap(step)(carry)
+        return ((carry, objectives), data), jnp.max(objectives)
+
+    return all_restarts, make_chunk_runner(all_restarts, 25)
+
+
+def _run_em(cfg: _Config, *, params: Params, data: _Data, keys, max_iter: int, tol: float,
+            progress: bool):
+    """Vmapped EM over restarts; returns the parameters, objectives and convergence flag."""
+    step, runner = _em_runner(cfg)
+    opt_state = jax.vmap(optax.adam(cfg.learning_rate).init)(params.glm)
+    state = ((params, opt_state, keys), jnp.full(len(keys), -jnp.inf)), data
+    result = iterate(step, state, max_iter=max_iter, tol=tol, desc="HMMGLM",
+                     progress=progress, runner=runner)
+    return result.state[0][0][0], result.objectives, bool(result.converged)
 
 
 @functools.lru_cache(maxsize=16)
@@ -627,19 +678,24 @@ class HMMGLM(NeurodataModel):
         n, b = counts.shape[1], basis.shape[1]
         keys = jax.random.split(jax.random.PRNGKey(self.seed), int(self.n_restarts))
         params = jax.vmap(lambda k: _init_params(k, cfg, n, b, rates, self.shared_bias))(keys)
-        step, adam = _make_em_step(cfg, data)
-        opt_state = jax.vmap(adam.init)(params.glm)
         run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-        batched = jax.vmap(step)
-
-        def all_restarts(state):
-            carry, objectives = batched(state[0])
-            return (carry, objectives), jnp.max(objectives)
-
-        state = (params, opt_state, run_keys), jnp.full(len(keys), -jnp.inf)
-        result = iterate(all_restarts, state, max_iter=int(self.max_iter), tol=float(self.tol),
-                         desc="HMMGLM", progress=self.progress)
-        (params, _, _), objectives = result.state
+        run = functools.partial(_run_em, data=data, keys=run_keys, max_iter=int(self.max_iter),
+                                tol=float(self.tol), progress=self.progress)
+        history = []
+        if cfg.prior == "onehot":
+            # The relaxed one-hot objective is rugged from a random start: warm-start from
+            # the Gaussian-prior fit (concave M-step), then read signs and strengths off it.
+            gaussian = cfg._replace(prior="gaussian")
+            params = jax.vmap(lambda k: _init_params(k, gaussian, n, b, rates,
+                                                     self.shared_bias))(keys)
+            params, objectives, _ = run(gaussian, params=params)
+            history.append(objectives)
+            params = jax.vmap(_onehot_from_weights)(params)
+        else:
+            params = jax.vmap(lambda k: _init_params(k, cfg, n, b, rates,
+                                                     self.shared_bias))(keys)
+        params, objectives, converged = run(cfg, params=params)
+        history.append(objectives)
         _, _, loglik = _jitted_helpers(cfg)
         final = np.asarray(jax.vmap(lambda p: loglik(p, data) + log_prior(p.glm, cfg))(params))
         final = np.where(np.isfinite(final), final, -np.inf)
@@ -651,9 +707,9 @@ class HMMGLM(NeurodataModel):
         self.basis_ = basis
         self.rates_ = rates
         self.neuron_id_ = ids
-        self.objective_history_ = result.objectives
+        self.objective_history_ = np.concatenate(history)
         self.restart_objectives_ = final
-        self.converged_ = bool(result.converged)
+        self.converged_ = converged
         self.train_loglik_ = float(loglik(params, data))
         self._set_outputs()
         return self

@@ -1,0 +1,172 @@
+"""HMM-GLM: recovery on the simulator, model selection, outputs, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+import neurodata
+from neurodata.errors import InputDataError
+from neurodata.models._jax.basis import (
+    exp_basis,
+    filter_history,
+    raised_cosine_log_basis,
+)
+from neurodata.models.hmmglm import HMMGLM, match_states, select_n_states, simulate
+
+S, N = 3, 20
+N_TRAIN = 16
+FIT = dict(link="sigmoid", n_restarts=2, max_iter=60, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    ds, truth = simulate(n_states=S, n_neurons=N, n_time=500, n_trials=20, seed=0)
+    return ds.isel(trial=slice(0, N_TRAIN)), ds.isel(trial=slice(N_TRAIN, None)), truth
+
+
+@pytest.fixture(scope="module")
+def fitted(sim):
+    train, _, _ = sim
+    return {
+        "none": HMMGLM(S, prior="none", **FIT).fit(train),
+        "gaussian": HMMGLM(S, prior="gaussian", **FIT).fit(train),
+        "onehot": HMMGLM(S, prior="onehot", **{**FIT, "max_iter": 150}).fit(train),
+    }
+
+
+def _aligned(model, train, truth):
+    proba = model.predict_proba(train).values
+    states = truth["states"][:N_TRAIN]
+    perm = match_states(states, proba)
+    return perm, states, proba
+
+
+def _edge_classes(model):
+    g = model.global_structure_.values
+    if g.ndim == 3:  # class probabilities
+        return g.argmax(-1) - 1
+    return np.where(np.abs(g) > 0.3, np.sign(g), 0).astype(int)
+
+
+@pytest.mark.parametrize("prior", ["none", "gaussian", "onehot"])
+def test_state_recovery(sim, fitted, prior):
+    train, _, truth = sim
+    perm, states, proba = _aligned(fitted[prior], train, truth)
+    accuracy = np.mean(perm[states] == proba.argmax(-1))
+    assert accuracy >= 0.9
+    viterbi = fitted[prior].predict(train).values
+    assert np.mean(perm[states] == viterbi) >= 0.9
+
+
+@pytest.mark.parametrize("prior", ["none", "gaussian"])
+def test_weight_recovery(sim, fitted, prior):
+    train, _, truth = sim
+    perm, _, _ = _aligned(fitted[prior], train, truth)
+    w = fitted[prior].coupling_.values.sum(-1)[perm]
+    for k in range(S):
+        r = np.corrcoef(w[k].ravel(), truth["weights"][k].ravel())[0, 1]
+        assert r >= 0.8, (k, r)
+
+
+def test_onehot_prior_recovers_global_adjacency_better(sim, fitted):
+    _, _, truth = sim
+    true = truth["global_adjacency"].ravel()
+    f1 = {p: f1_score(true, _edge_classes(fitted[p]).ravel(), average="macro")
+          for p in ("none", "onehot")}
+    assert f1["onehot"] > f1["none"], f1
+
+
+def test_heldout_bits_per_spike_ordering(sim, fitted):
+    _, test, _ = sim
+    bits = {p: m.score(test) for p, m in fitted.items()}
+    assert bits["none"] > 0
+    assert bits["onehot"] >= bits["gaussian"] - 0.002 >= bits["none"] - 0.004, bits
+
+
+def test_outputs_are_labelled(sim, fitted):
+    train, test, _ = sim
+    model = fitted["onehot"]
+    proba = model.predict_proba(test)
+    assert proba.dims == ("trial", "time", "state")
+    np.testing.assert_allclose(proba.sum("state"), 1.0, atol=1e-9)
+    np.testing.assert_array_equal(proba.time, test.time)
+    assert model.coupling_.dims == ("state", "post", "pre", "basis")
+    assert model.global_structure_.dims == ("post", "pre", "edge_class")
+    np.testing.assert_allclose(model.transition_.sum("next_state"), 1.0)
+    assert fitted["gaussian"].global_structure_.dims == ("post", "pre")
+    # one-hot weights are hardened: each edge's sign is in {-1, 0, 1}
+    assert set(np.unique(np.sign(model.coupling_.values))) <= {-1.0, 0.0, 1.0}
+
+
+def test_save_load_roundtrip(sim, fitted, tmp_path):
+    _, test, _ = sim
+    model = fitted["gaussian"]
+    path = model.save(tmp_path / "hmmglm.nc")
+    loaded = HMMGLM.load(path)
+    np.testing.assert_allclose(loaded.predict_proba(test).values,
+                               model.predict_proba(test).values, atol=1e-12)
+    assert loaded.score(test) == pytest.approx(model.score(test))
+
+
+def test_one_state_truth_selects_one_state():
+    ds, _ = simulate(n_states=1, n_neurons=8, n_time=400, n_trials=6, seed=3)
+    res = select_n_states(ds, (1, 2, 3), n_folds=2, link="sigmoid", n_restarts=1,
+                          max_iter=30)
+    assert res.attrs["best_n_states"] == 1, res["mean"].values
+
+
+def test_sessions_of_different_lengths_and_parallel_estep():
+    ds, _ = simulate(n_states=2, n_neurons=5, n_time=300, n_trials=2, seed=4)
+    a = ds.isel(trial=0)
+    b = ds.isel(trial=1, time=slice(0, 170))
+    kw = dict(link="sigmoid", n_restarts=1, max_iter=5)
+    seq = HMMGLM(2, **kw).fit([a, b])
+    par = HMMGLM(2, parallel=True, **kw).fit([a, b])
+    out = seq.predict_proba([a, b])
+    assert [o.sizes["time"] for o in out] == [300, 170]
+    assert seq.log_likelihood([a, b]) == pytest.approx(par.log_likelihood([a, b]), rel=1e-8)
+
+
+def test_bases_and_causal_filter():
+    phi = exp_basis(5)
+    np.testing.assert_allclose(phi.sum(0), 1.0)
+    assert np.all(np.diff(phi[:, 0]) < 0)
+    rc = raised_cosine_log_basis(20, 4)
+    assert rc.shape == (20, 4) and np.all(rc >= 0)
+    np.testing.assert_allclose(rc.sum(0), 1.0)
+    x = np.zeros((2, 10, 1))
+    x[0, 3, 0] = 1.0
+    h = np.asarray(filter_history(x, phi))
+    np.testing.assert_allclose(h[0, 4:9, 0, 0], phi[:, 0])  # lag 1..5 after the spike
+    assert np.all(h[0, :4] == 0) and np.all(h[1] == 0)  # causal, no leak across trials
+
+
+def _counts_ds(values):
+    return neurodata.from_arrays(np.asarray(values), sampling_rate=100.0)
+
+
+@pytest.mark.parametrize(
+    "values, kwargs, match",
+    [
+        (np.full((50, 3), 0.5), {}, "non-integer"),
+        (np.where(np.eye(50, 3) > 0, 2, 1), {"observation": "bernoulli"}, "above 1"),
+        (np.c_[np.ones((50, 2)), np.zeros(50)], {}, "no spikes"),
+        (np.where(np.eye(50, 3) > 0, np.nan, 1.0), {}, "NaN"),
+        (np.ones((4, 3)), {"history_bins": 5}, "history_bins"),
+    ],
+)
+def test_bad_input(values, kwargs, match):
+    with pytest.raises(InputDataError, match=match):
+        HMMGLM(2, max_iter=1, **kwargs).fit(_counts_ds(values))
+
+
+def test_bad_options():
+    ds = _counts_ds(np.ones((50, 3)))
+    with pytest.raises(InputDataError, match="prior"):
+        HMMGLM(2, prior="laplace").fit(ds)
+    with pytest.raises(InputDataError, match="trial"):
+        select_n_states(ds, (1, 2))
+    with pytest.raises(neurodata.errors.NotFittedError):
+        HMMGLM(2).predict(ds)
