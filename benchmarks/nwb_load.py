@@ -201,8 +201,10 @@ peak memory under 1.5x the data size. neurodata reads the spike times in one bul
 open (the spike table must be in memory for `validate`), so "open" includes
 {sizes['n_spikes'] * 8 / 2**20:.0f} MiB of spike times plus their int64 unit index, and
 keeps the traces on disk until `.values`. With dask (the default), `.values` holds the
-chunks and their concatenation at once (about 2x the traces); `chunks=None` (xarray's lazy
-indexing) reads straight into one array.
+chunks and their concatenation at once (about 2x the traces; dask copies even a single
+chunk into a new result array) and the extra copy costs time too; `chunks=None` (xarray's
+lazy indexing, no dask) reads straight into one array and meets both targets. The machine
+is shared with other jobs, so times vary by about 30% between runs.
 """
     print(write_result("nwb_load", md))
 

@@ -57,7 +57,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from neurodata.data import SCHEMA_VERSION, bin_spikes, validate
-from neurodata.errors import FormatError, InputDataError, MissingFieldError, NeurodataError
+from neurodata.errors import FormatError, InputDataError, MissingFieldError
 
 log = logging.getLogger(__name__)
 
@@ -624,14 +624,15 @@ def _open(path: Path):
     if not h5py.is_hdf5(path):
         raise FormatError(f"{path}: not an HDF5 file, so not an NWB file (it may be truncated, "
                           "or an NWB-zarr folder, which this loader does not read).")
+    io = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             io = NWBHDF5IO(str(path), "r", load_namespaces=True)
             return io, io.read()
-    except NeurodataError:
-        raise
     except Exception as exc:  # h5py/hdmf raise many types on corrupt files
+        if io is not None:
+            io.close()
         raise FormatError(f"{path}: cannot be read as NWB ({type(exc).__name__}: {exc}). "
                           "The file may be truncated or corrupt.") from exc
 
