@@ -98,3 +98,19 @@ def test_bad_folders(tmp_path, rng):
     (tmp_path / "cut" / "spike_times.npy").write_bytes(raw[:300])
     with pytest.raises(FormatError, match=r"cut/spike_times\.npy"):
         neurodata.load(tmp_path / "cut")
+
+
+def test_same_spikes_as_neo(tmp_path, rng):
+    rawio = pytest.importorskip("neo.rawio")
+    samples, clusters = _phy(tmp_path / "clean", rng, params=False)
+    (tmp_path / "clean" / "params.py").write_text(f"sample_rate = {RATE}\ndtype = 'int16'\n")
+    np.save(tmp_path / "clean" / "spike_templates.npy", clusters)
+    reader = rawio.PhyRawIO(dirname=str(tmp_path / "clean"))
+    reader.parse_header()
+    ds = neurodata.load(tmp_path / "clean")
+    for i, name in enumerate(reader.header["spike_channels"]["id"]):
+        theirs = reader.rescale_spike_timestamp(reader.get_spike_timestamps(0, 0, i, None, None),
+                                                "float64").ravel()
+        mine = ds.spike_time.values[ds.spike_neuron.values == list(ds.neuron_id.values).index(
+            str(name))]
+        np.testing.assert_allclose(mine, np.sort(theirs), rtol=0, atol=1e-12)
