@@ -32,6 +32,7 @@ from neurodata.models.rsa.rdm import (
     as_rdms,
     calc_rdm,
     condensed,
+    mds,
     precision_from_residuals,
     rdm_dataset,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "identification_accuracy",
     "knn_geodesic",
     "masked_ranks",
+    "mds",
     "noise_ceiling",
     "pairwise_tests",
     "precision_from_residuals",

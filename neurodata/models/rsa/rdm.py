@@ -27,6 +27,7 @@ __all__ = [
     "as_rdms",
     "calc_rdm",
     "condensed",
+    "mds",
     "precision_from_residuals",
     "rdm_dataset",
 ]
@@ -543,3 +544,32 @@ def _crossnobis_fold_precisions(means: jax.Array, present: jax.Array, precs: jax
 
     d, ok = jax.vmap(one)(jnp.asarray(ia), jnp.asarray(ib))
     return d.sum(0) / ok.sum(0)
+
+
+def mds(rdm: Any, n_components: int = 2) -> xr.DataArray:
+    """Classical (Torgerson) multidimensional scaling of one RDM.
+
+    Parameters
+    ----------
+    rdm
+        One RDM (``(n, n)`` array, or an RDM dataset / DataArray; several RDMs are averaged).
+    n_components
+        Embedding dimensions.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``position(stimulus, component)``; distances between rows approximate the square
+        root of the dissimilarities' double-centred second moment.
+    """
+    values, ids = as_rdms(rdm, "rdm")
+    d = values.mean(0)
+    n = d.shape[0]
+    h = np.eye(n) - 1.0 / n
+    g = -0.5 * h @ d @ h
+    val, vec = np.linalg.eigh(g)
+    order = np.argsort(val)[::-1][:n_components]
+    pos = vec[:, order] * np.sqrt(np.maximum(val[order], 0.0))
+    return xr.DataArray(pos, dims=("stimulus", "component"),
+                        coords={"stimulus": np.arange(n) if ids is None else ids,
+                                "component": np.arange(n_components)}, name="position")
