@@ -100,6 +100,7 @@ def ophys_file(tmp_path, rng):
         nwbfile.add_trial(start_time=2.0 + i * 0.4, stop_time=2.3 + i * 0.4,
                           condition=["a", "b"][i % 2], correct=bool(i % 3))
     nwbfile.add_epoch(start_time=0.0, stop_time=5.0, tags=["wake", "run"])
+    nwbfile.add_invalid_time_interval(start_time=1.0, stop_time=1.2)
     path = _write(nwbfile, tmp_path / "ophys.nwb")
     return path, {"raw": raw, "dff": dff, "lick": lick.data, "pos": pos.data, "pos_t": pos_t}
 
@@ -192,6 +193,8 @@ def test_ophys_lazy_dff_default(ophys_file):
     assert ds.condition.values.tolist() == ["a", "b", "a", "b"]
     assert ds.correct.values.dtype == bool
     assert ds.epoch_tags.values.tolist() == ["wake,run"]
+    assert ds.invalid_times_start.values.tolist() == [1.0]
+    assert ds.invalid_times_stop.dims == ("invalid_times",)
     back = neurodata.open_dataset(neurodata.save(ds, path.with_suffix(".nc")))
     np.testing.assert_array_equal(back.activity.values, ds.activity.values)
     assert back.attrs["session_start_time"] == ds.attrs["session_start_time"]

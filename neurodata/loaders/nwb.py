@@ -24,7 +24,8 @@ What becomes what:
   coordinate ``time_<name>`` (seconds).
 - ``trials``: a ``trial`` dimension with ``trial_start``, ``trial_stop`` and every 1-D column
   as coordinates; ``epochs``: an ``epoch`` dimension with ``epoch_start``, ``epoch_stop``,
-  ``epoch_tags`` (comma-joined) and ``epoch_<column>``.
+  ``epoch_tags`` (comma-joined) and ``epoch_<column>``; any other interval table (e.g.
+  ``invalid_times``) the same way under its own name: ``invalid_times_start``, ...
 
 Values are ``data * conversion + offset`` (float64 when either is not the identity),
 computed lazily when read. Time is ``timestamps`` when present (they win over ``rate``; the
@@ -721,6 +722,10 @@ def load(path: Path, *, ophys_series: str | None = None, bin_size: float | None 
             ds = ds.assign_coords(_intervals(nwb.trials, "trial", "trial_", taken))
         if nwb.epochs is not None and len(nwb.epochs.id):
             ds = ds.assign_coords(_intervals(nwb.epochs, "epoch", "epoch_", taken))
+        for name, table in (nwb.intervals or {}).items():
+            dim = _safe(name)
+            if name not in ("trials", "epochs") and len(table.id) and dim not in ds.dims:
+                ds = ds.assign_coords(_intervals(table, dim, f"{dim}_", taken))
         ds.attrs = {**ds.attrs, **_file_attrs(nwb, path), "schema_version": "1.0",
                     "history": list(ds.attrs.get("history", []))}
         if ophys is not None:
