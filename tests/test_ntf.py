@@ -8,7 +8,7 @@ import pytest
 
 import neurodata  # noqa: F401  (x64)
 from neurodata.errors import InputDataError
-from neurodata.models.ntf import NTF, congruence, fit_cp, rank_diagnostics
+from neurodata.models.ntf import NTF, _as_tensor, congruence, fit_cp, rank_diagnostics
 
 SHAPE = (24, 16, 6)
 RANK = 3
@@ -91,9 +91,22 @@ def test_structured_mask_and_mu(planted):
     np.testing.assert_allclose(model.error_, brute, rtol=1e-6)
 
 
+def test_unobserved_rows_are_zero(planted):
+    """A pair never recorded in any animal has no data: its factor row is 0, not the init."""
+    x, _ = planted
+    mask = np.ones((SHAPE[0], 1, SHAPE[2]), bool)
+    mask[5] = False
+    model = NTF(rank=RANK, method="mu", n_init=3, mask=mask, dtype="float64", tol=1e-9,
+                max_iter=1500, seed=1).fit(x)
+    assert np.all(model.factors_[0][5] == 0)
+    assert np.all(model.factors_[0].sum(1)[np.arange(SHAPE[0]) != 5] > 0)
+
+
 def test_rank_diagnostics(planted):
     x, _ = planted
-    diag = rank_diagnostics(x, [1, 3], n_init=2, heldout=0.1, dtype="float64", max_iter=400,
+    # n_init, max_iter, dtype and a full-shape mask as in test_planted_recovery[True]: the
+    # rank-3 solver compiled there is reused
+    diag = rank_diagnostics(x, [1, 3], n_init=4, heldout=0.1, dtype="float64", max_iter=400,
                             seed=0)
     err = diag["error"].min("replicate").values
     assert err[1] < err[0]
@@ -125,7 +138,7 @@ def test_bad_input():
     y[0, 0, 0] = np.nan
     with pytest.raises(InputDataError, match="NaN"):
         NTF(rank=2).fit(y)
-    NTF(rank=2, n_init=1, max_iter=3, mask=~np.isnan(y)).fit(y)  # masked NaN is fine
+    _as_tensor(y, ~np.isnan(y))  # a masked NaN is fine
     with pytest.raises(InputDataError, match="negative"):
         NTF(rank=2).fit(-x)
     with pytest.raises(InputDataError, match="does not broadcast"):
