@@ -18,6 +18,7 @@ FORMATS = {
     "suite2p": "suite2p",
     "phy": "phy",
     "matlab": "matlab",
+    "celegans": "celegans",
     "neurodata": "stored",
 }
 """Format name -> loader module in :mod:`neurodata.loaders`."""
@@ -96,9 +97,9 @@ def load(path: str | Path, format: str | None = None, **options: Any) -> xr.Data
     return module.load(Path(path), **options)
 
 
-def __getattr__(name: str):
-    lazy = {"connectome": "connectome", "activations": "activations", "celegans": "celegans"}
-    if name in lazy:
-        module = importlib.import_module(f"neurodata.loaders.{lazy[name]}")
-        return getattr(module, name, module)
-    raise AttributeError(f"module 'neurodata.loaders' has no attribute {name!r}")
+# Bound after the submodules load, so that ``neurodata.loaders.connectome`` and
+# ``neurodata.loaders.activations`` are the functions, not the modules of the same name.
+from neurodata.loaders.activations import activations  # noqa: E402
+from neurodata.loaders.connectome import connectome, functional_atlas  # noqa: E402
+
+__all__ = ["FORMATS", "activations", "connectome", "detect_format", "functional_atlas", "load"]

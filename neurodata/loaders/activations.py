@@ -7,8 +7,6 @@ the layer's units flattened over every non-stimulus axis (channels, height, widt
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -114,13 +112,3 @@ def activations(
         )
         out[layer] = validate(ds)
     return out
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``neurodata.loaders.activations(...)`` work once the submodule is imported."""
-
-    def __call__(self, *args, **kwargs):
-        return activations(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -20,8 +20,6 @@ import contextlib
 import importlib
 import importlib.util
 import io
-import sys
-import types
 from importlib.metadata import version
 from pathlib import Path
 
@@ -265,17 +263,3 @@ def connectome(name: str | None = None, *, neurons: str = "annotated",
                "citation": citation, "history": []},
     )
     return validate(ds)
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``neurodata.loaders.connectome(...)`` work once the submodule is imported.
-
-    Importing ``neurodata.loaders.connectome`` binds the *module* to that attribute of
-    ``neurodata.loaders``; calling the module calls :func:`connectome`.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return connectome(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
