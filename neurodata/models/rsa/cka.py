@@ -20,20 +20,21 @@ from neurodata.models.rsa._features import paired
 __all__ = ["cka", "hsic", "linear_kernel", "rbf_kernel"]
 
 
-def linear_kernel(x: jax.Array) -> jax.Array:
+def linear_kernel(x: np.ndarray) -> jax.Array:
     """Gram matrix ``X X^T`` of the column-centred responses."""
+    x = jnp.asarray(x)
     x = x - x.mean(0, keepdims=True)
     return x @ x.T
 
 
-def rbf_kernel(x: jax.Array, sigma_scale: float = 0.5) -> jax.Array:
+def rbf_kernel(x: np.ndarray, sigma_scale: float = 0.5) -> jax.Array:
     """Gaussian kernel with bandwidth ``sigma_scale * median pairwise distance``."""
+    x = jnp.asarray(x)
     sq = jnp.sum(x * x, 1)
     d2 = jnp.maximum(sq[:, None] + sq[None] - 2 * x @ x.T, 0.0)
     iu = np.triu_indices(x.shape[0], 1)
     med = jnp.median(jnp.sqrt(d2[iu]))
-    sigma = sigma_scale * med
-    return jnp.exp(-d2 / (2 * sigma**2))
+    return jnp.exp(-d2 / (2 * (sigma_scale * med) ** 2))
 
 
 def hsic(k: jax.Array, l: jax.Array, debiased: bool = False) -> jax.Array:  # noqa: E741
@@ -54,10 +55,9 @@ def _cka(k, l, debiased):  # noqa: E741
     return hsic(k, l, debiased) / jnp.sqrt(hsic(k, k, debiased) * hsic(l, l, debiased))
 
 
-_cka_linear = jax.jit(lambda x, y, d: _cka(linear_kernel(x), linear_kernel(y), d),
-                      static_argnums=2)
-_cka_rbf = jax.jit(lambda x, y, s, d: _cka(rbf_kernel(x, s), rbf_kernel(y, s), d),
-                   static_argnums=3)
+# the Gram matrices are (n_stimulus, n_stimulus) whatever the number of features, so jitting
+# on them compiles once per stimulus count instead of once per layer width
+_cka_grams = jax.jit(_cka, static_argnums=2)
 
 
 def cka(x: Any, y: Any, *, kernel: str = "linear", debiased: bool = False,
@@ -88,7 +88,8 @@ def cka(x: Any, y: Any, *, kernel: str = "linear", debiased: bool = False,
     """
     a, b = paired(x, y, min_stimuli=4 if debiased else 3)
     if kernel == "linear":
-        return float(_cka_linear(jnp.asarray(a), jnp.asarray(b), debiased))
+        return float(_cka_grams(linear_kernel(a), linear_kernel(b), debiased))
     if kernel == "rbf":
-        return float(_cka_rbf(jnp.asarray(a), jnp.asarray(b), sigma_scale, debiased))
+        return float(_cka_grams(rbf_kernel(a, sigma_scale), rbf_kernel(b, sigma_scale),
+                                debiased))
     raise InputDataError(f"kernel={kernel!r}; use 'linear' or 'rbf'.")
