@@ -28,6 +28,7 @@ from neurodata.models.gpvae import (
 )
 
 MODALITIES = {"neural": "activity", "image": "image"}
+N_TRAIN = 80
 
 
 def _dense_kl(m0, s0, m1, s1):
@@ -137,39 +138,38 @@ def test_affine_r2_recovers_affine_maps(rng):
 
 @pytest.fixture(scope="module")
 def sim():
-    return simulate(n_trials=60, n_time=30, n_neurons=30, length_scale=6.0, seed=3)
+    return simulate(n_trials=100, n_time=40, n_neurons=40, seed=1)
 
 
 @pytest.fixture(scope="module")
 def fitted(sim):
     ds, _ = sim
     model = MMGPVAE(1, {"neural": 1, "image": 1}, modalities=MODALITIES,
-                    decoder={"image": "mlp"}, length_scale_init=0.3, hidden_size=32,
-                    max_epochs=150, patience=150, learning_rate=5e-3, batch_size=10,
-                    progress=False, random_state=0)
-    return model.fit(ds.isel(trial=slice(0, 50)))
+                    decoder={"image": "mlp"}, length_scale_init=0.5, max_epochs=150,
+                    patience=150, progress=False, random_state=0)
+    return model.fit(ds.isel(trial=slice(0, N_TRAIN)))
 
 
 def test_simulation_shapes(sim):
     ds, truth = sim
     assert ds["activity"].dims == ("trial", "time", "neuron")
-    assert ds["image"].shape == (60, 30, 144)
+    assert ds["image"].shape == (100, 40, 144)
     assert float(ds["image"].max()) <= 1.0 + 1e-9
     np.testing.assert_allclose(truth["angle"], truth["shared"] * 120.0)
 
 
 def test_recovers_planted_latents_on_held_out_trials(sim, fitted):
     ds, truth = sim
-    test, true = ds.isel(trial=slice(50, None)), truth.isel(trial=slice(50, None))
+    test, true = ds.isel(trial=slice(N_TRAIN, None)), truth.isel(trial=slice(N_TRAIN, None))
     z = fitted.transform(test)
     r2_shared = affine_r2(z["shared_mean"].values, true["angle"].values)
     r2_neural = affine_r2(z["neural_mean"].values, true["neural"].values)
     r2_image = affine_r2(z["image_mean"].values, np.log(true["zoom"].values))
     print(f"held-out affine R2: shared {r2_shared:.3f} neural {r2_neural:.3f} "
           f"image {r2_image:.3f}")
-    assert r2_shared >= 0.6
-    assert r2_neural >= 0.6
-    assert r2_image >= 0.6
+    assert r2_shared >= 0.8
+    assert r2_neural >= 0.7
+    assert r2_image >= 0.7
     rates = fitted.reconstruct(test)["activity"]
     assert rates.dims == ("trial", "time", "neuron")
     r2_rates = 1 - float(((rates - true["rate"]) ** 2).sum()
@@ -179,7 +179,7 @@ def test_recovers_planted_latents_on_held_out_trials(sim, fitted):
 
 def test_predict_modality_from_spikes(sim, fitted):
     ds, _ = sim
-    test = ds.isel(trial=slice(50, None))
+    test = ds.isel(trial=slice(N_TRAIN, None))
     pred = fitted.predict_modality(test.drop_vars("image"), source="neural")
     assert set(pred.data_vars) == {"image"}
     assert pred["image"].dims == ("trial", "time", "pixel")
@@ -194,23 +194,23 @@ def test_save_load_roundtrip(sim, fitted, tmp_path):
     ds, _ = sim
     path = fitted.save(tmp_path / "gpvae.nc")
     loaded = MMGPVAE.load(path)
-    a = fitted.transform(ds.isel(trial=slice(50, 55)))
-    b = loaded.transform(ds.isel(trial=slice(50, 55)))
+    a = fitted.transform(ds.isel(trial=slice(N_TRAIN, N_TRAIN + 5)))
+    b = loaded.transform(ds.isel(trial=slice(N_TRAIN, N_TRAIN + 5)))
     xr.testing.assert_allclose(a, b)
     assert loaded.length_scales_["shared"] == pytest.approx(fitted.length_scales_["shared"])
 
 
 def test_variable_lengths_match_unpadded_trials(sim, fitted):
     ds, _ = sim
-    part = ds.isel(trial=slice(50, 53)).astype(float)
+    part = ds.isel(trial=slice(N_TRAIN, N_TRAIN + 3)).astype(float)
     padded = part.copy(deep=True)
-    padded["activity"][1, 20:] = np.nan
-    padded["image"][1, 20:] = np.nan
-    alone = part.isel(trial=[1], time=slice(0, 20))
+    padded["activity"][1, 25:] = np.nan
+    padded["image"][1, 25:] = np.nan
+    alone = part.isel(trial=[1], time=slice(0, 25))
     a = fitted.transform(padded)["shared_mean"].isel(trial=1)
     b = fitted.transform(alone)["shared_mean"].isel(trial=0)
-    np.testing.assert_allclose(a.values[:20], b.values, rtol=1e-4, atol=1e-5)
-    assert np.isnan(a.values[20:]).all()
+    np.testing.assert_allclose(a.values[:25], b.values, rtol=1e-4, atol=1e-5)
+    assert np.isnan(a.values[25:]).all()
     # The other trials are untouched by their neighbour's padding.
     np.testing.assert_allclose(fitted.transform(padded)["shared_mean"].isel(trial=0),
                                fitted.transform(part)["shared_mean"].isel(trial=0), rtol=1e-5)

@@ -720,6 +720,7 @@ class MMGPVAE(NeurodataModel):
         dt = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
         self.modalities_, self.spec_, self.bin_size_ = modalities, spec, dt
         self.n_features_ = {m: int(v.shape[-1]) for m, v in values.items()}
+        self.feature_dims_ = {m: str(ds[var].dims[2]) for m, var in modalities.items()}
         self.offset_, self.scale_ = {}, {}
         for m, v in values.items():
             if spec.likelihoods[spec.modalities.index(m)] == "gaussian":
@@ -919,7 +920,7 @@ class MMGPVAE(NeurodataModel):
                 pred = pred * self.scale_[name] + self.offset_[name]
             var = self.modalities_[name]
             ref = ds[var] if var in ds.data_vars else None
-            feature_dim = ref.dims[2] if ref is not None else f"{name}_feature"
+            feature_dim = self.feature_dims_[name]
             if ref is not None:
                 coords.update({c: ref.coords[c] for c in ref.coords
                                if ref.coords[c].dims == (feature_dim,)})
