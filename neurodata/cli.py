@@ -8,9 +8,12 @@
     neurodata datasets verify ID [--option key=value ...]
     neurodata info PATH_OR_ID [--format F] [--option key=value ...]
     neurodata convert PATH_OR_ID OUT.zarr|OUT.nc [--overwrite] [--format F] [--option ...]
+    neurodata fit MODEL SOURCE... --out DIR [--config fit.yaml] [--scheduler ADDRESS]
+                  [--format zarr|nc] [--overwrite] [--retries N] [--workers N] [-q]
 
-Exit codes: 0 success, 1 a neurodata error (its message on stderr, no traceback), 2 a usage
-error, 130 interrupted.
+Exit codes: 0 success, 1 a neurodata error (its message on stderr, no traceback) or, for
+``fit``, any session failed (each session's error is printed), 2 a usage error, 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -179,6 +182,30 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from neurodata.fit_config import read_config
+    from neurodata.parallel import fit_sessions
+
+    config = read_config(args.model, args.config)  # fails before any cluster starts
+    summary = fit_sessions(
+        config.model, args.sources, out=args.out, scheduler=args.scheduler,
+        prepare=config.prepare, load_options=config.load_options, file_format=args.format,
+        overwrite=args.overwrite, retries=args.retries, n_workers=args.workers,
+        progress=not args.quiet)
+    rows = [(r.session, r.status, f"{r.seconds:.1f}", r.path) for r in summary.itertuples()]
+    header = ("session", "status", "seconds", "result")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row[:3], widths, strict=True))
+              + "  " + row[3])
+    failed = summary[summary.status == "failed"]
+    for r in failed.itertuples():
+        print(f"neurodata: session {r.session} failed: {r.error}", file=sys.stderr)
+    counts = summary.status.value_counts()
+    print(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "skipped", "failed")))
+    return 1 if len(failed) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``neurodata`` command."""
     parser = argparse.ArgumentParser(
@@ -220,6 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_load_args(p)
     p.set_defaults(func=_cmd_convert)
+
+    from neurodata.fit_config import MODELS
+
+    p = sub.add_parser("fit", help="fit one model per session on dask.distributed",
+                       description="Fit one model per session on dask.distributed; results "
+                       "go to OUT/<session>.<format> and a rerun skips finished sessions.")
+    p.add_argument("model", metavar="MODEL", help=f"one of {', '.join(sorted(MODELS))}")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="recording paths or registry ids")
+    p.add_argument("--out", required=True, help="folder of the fitted models")
+    p.add_argument("--config", default=None,
+                   help="YAML file with sections model:, load:, prepare: (see tutorial 08)")
+    p.add_argument("--scheduler", default=None,
+                   help="dask scheduler address (default: a local cluster on this machine)")
+    p.add_argument("--format", default="zarr", choices=("zarr", "nc"),
+                   help="file format of the results")
+    p.add_argument("--overwrite", action="store_true", help="refit sessions already done")
+    p.add_argument("--retries", type=int, default=2, help="retries of a failed or lost task")
+    p.add_argument("--workers", type=int, default=None,
+                   help="workers of the local cluster (default: one per core)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fit)
     return parser
 
 
