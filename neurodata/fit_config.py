@@ -9,7 +9,8 @@ A configuration has three optional sections::
       chunks: {time: 100000}
     prepare:               # neurodata.preprocess steps, applied in order
       - {step: bin, bin_size: 0.05}
-      - {step: cut_windows, length: 2.0}
+      - {step: zscore}
+      - {step: cut_windows, args: {length: 2.0, step: 1.0}}   # 'step' is also an argument
 
 :func:`read_config` checks every name against the estimator's signature and the
 functions of :mod:`neurodata.preprocess` before anything runs, so a typo fails at once
@@ -116,10 +117,16 @@ class Prepare:
             if name not in valid:
                 raise InputDataError(f"prepare step {i + 1}: unknown step {name!r}; valid steps "
                                      f"are {valid}.")
-            try:  # bind now so that a wrong keyword fails before any data is read
-                inspect.signature(getattr(preprocess, name)).bind(None, **kwargs)
+            # Check the keywords now so that a typo fails before any data is read.
+            signature = inspect.signature(getattr(preprocess, name))
+            params = list(signature.parameters)[1:]
+            for key in kwargs:
+                if key not in params:
+                    raise InputDataError(f"prepare step {i + 1} {name!r} has no argument "
+                                         f"{key!r}; its arguments are {params}.")
+            try:
+                signature.bind(None, **kwargs)
             except TypeError as exc:
-                params = list(inspect.signature(getattr(preprocess, name)).parameters)[1:]
                 raise InputDataError(f"prepare step {i + 1} {name!r}: {exc}; its arguments "
                                      f"are {params}.") from None
 
@@ -181,8 +188,12 @@ def _steps(section: Any) -> list[tuple[str, dict[str, Any]]]:
         if not isinstance(item, Mapping) or "step" not in item:
             raise InputDataError(f"prepare step {i + 1} is {item!r}; write it as a mapping "
                                  "with a 'step' key, e.g. {step: smooth, sigma: 0.05}.")
-        kwargs = {k: v for k, v in item.items() if k != "step"}
-        steps.append((item["step"], kwargs))
+        # ``args:`` holds arguments whose name clashes with the ``step`` key (cut_windows)
+        nested = item.get("args") or {}
+        if not isinstance(nested, Mapping):
+            raise InputDataError(f"prepare step {i + 1}: 'args' must be a mapping.")
+        kwargs = {k: v for k, v in item.items() if k not in ("step", "args")}
+        steps.append((item["step"], {**kwargs, **nested}))
     return steps
 
 
