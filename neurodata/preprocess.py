@@ -2,16 +2,26 @@
 
 Every function takes a validated dataset, returns a new validated dataset (the input is
 never mutated) and appends one line describing the step to ``attrs["history"]``.
+
+Out of core: a dataset opened lazily (``neurodata.open_dataset(path, chunks={...})``) stays
+dask-backed through every step, so a recording larger than memory streams from disk to
+:func:`neurodata.save` or to a model chunk by chunk. The filters along time (:func:`smooth`,
+:func:`dff`) work on chunks with a halo of neighbouring samples and give the same numbers
+as on an in-memory array; :func:`zscore` reads the data once to get each neuron's mean and
+standard deviation. Checks that need the values (negative input to :func:`sqrt`, a
+non-positive baseline in :func:`dff`) are raised when the values are computed.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 from scipy.ndimage import gaussian_filter1d, percentile_filter
+from xarray.namedarray.pycompat import is_duck_dask_array
 
 from neurodata.data import bin_spikes, validate, with_history
 from neurodata.errors import InputDataError, SchemaError
@@ -62,6 +72,32 @@ def _sample_interval(ds: xr.Dataset) -> float:
 
 def _finish(ds: xr.Dataset, step: str) -> xr.Dataset:
     return validate(with_history(ds, step))
+
+
+def _is_lazy(da: xr.DataArray) -> bool:
+    return is_duck_dask_array(da.data)
+
+
+def _along_time(act: xr.DataArray, func: Any, halo: int) -> Any:
+    """Apply ``func(values, axis)`` to the float values of ``act`` along time.
+
+    A dask-backed ``act`` is processed chunk by chunk with ``halo`` samples of overlap: the
+    interior chunk edges see their true neighbours and the recording's own edges get no
+    padding, so ``func``'s boundary mode applies exactly as on the whole array.
+    """
+    axis = act.dims.index("time")
+    if not _is_lazy(act):
+        return func(np.asarray(act.values, dtype=float), axis)
+    block_func = functools.partial(func, axis=axis)
+    data = act.data.astype(float)
+    n = data.shape[axis]
+    halo = min(halo, n - 1)
+    if data.numblocks[axis] > 1 and min(data.chunks[axis]) < halo:
+        # map_overlap needs every chunk at least as long as the halo
+        data = data.rechunk({axis: min(n, 2 * halo)})
+    if data.numblocks[axis] == 1 or halo < 1:
+        return data.map_blocks(block_func, dtype=float)
+    return data.map_overlap(block_func, depth={axis: halo}, boundary="none", dtype=float)
 
 
 def _replace_activity(ds: xr.Dataset, values: Any, **attrs: Any) -> xr.Dataset:
@@ -125,6 +161,10 @@ def bin(ds: xr.Dataset, bin_size: float) -> xr.Dataset:  # noqa: A001 - the natu
     return _finish(out, f"bin(bin_size={bin_size})")
 
 
+def _gaussian(width: float, values: np.ndarray, axis: int) -> np.ndarray:
+    return gaussian_filter1d(values, width, axis=axis, mode="reflect")
+
+
 def smooth(ds: xr.Dataset, sigma: float) -> xr.Dataset:
     """Gaussian smoothing along time with standard deviation ``sigma`` seconds.
 
@@ -153,9 +193,9 @@ def smooth(ds: xr.Dataset, sigma: float) -> xr.Dataset:
     if not (np.isfinite(sigma) and sigma > 0):
         raise InputDataError(f"sigma is {sigma!r}; give a positive number of seconds.")
     dt = _sample_interval(ds)
-    axis = act.dims.index("time")
-    values = gaussian_filter1d(np.asarray(act.values, dtype=float), sigma / dt, axis=axis,
-                               mode="reflect")
+    width = sigma / dt
+    # gaussian_filter1d's kernel radius (truncate=4): the halo a chunk needs
+    values = _along_time(act, functools.partial(_gaussian, width), int(4.0 * width + 0.5) + 1)
     attrs: dict[str, Any] = {}
     if act.attrs["signal"] == "spike_count":
         values = values / dt
@@ -213,6 +253,18 @@ def resample(ds: xr.Dataset, rate: float) -> xr.Dataset:
     return _finish(out, f"resample(rate={rate})")
 
 
+def _dff(size: int, percentile: float, values: np.ndarray, axis: int) -> np.ndarray:
+    shape = [1] * values.ndim
+    shape[axis] = size
+    baseline = percentile_filter(values, percentile, size=shape, mode="reflect")
+    if np.any(baseline <= 0):
+        raise InputDataError(
+            "the fluorescence baseline F0 is zero or negative for some neurons; add an offset "
+            "(neuropil-corrected traces can go negative) before computing dF/F."
+        )
+    return (values - baseline) / baseline
+
+
 def dff(ds: xr.Dataset, window: float = 60.0, percentile: float = 8.0) -> xr.Dataset:
     """ΔF/F with a running-percentile baseline: ``(F - F0) / F0``.
 
@@ -246,17 +298,8 @@ def dff(ds: xr.Dataset, window: float = 60.0, percentile: float = 8.0) -> xr.Dat
         )
     dt = _sample_interval(ds)
     size = max(int(round(window / dt)), 1)
-    axis = act.dims.index("time")
-    shape = [1] * act.ndim
-    shape[axis] = size
-    values = np.asarray(act.values, dtype=float)
-    baseline = percentile_filter(values, percentile, size=shape, mode="reflect")
-    if np.any(baseline <= 0):
-        raise InputDataError(
-            "the fluorescence baseline F0 is zero or negative for some neurons; add an offset "
-            "(neuropil-corrected traces can go negative) before computing dF/F."
-        )
-    out = _replace_activity(ds, (values - baseline) / baseline, signal="dff", units="1")
+    values = _along_time(act, functools.partial(_dff, size, percentile), size // 2 + 1)
+    out = _replace_activity(ds, values, signal="dff", units="1")
     return _finish(out, f"dff(window={window}, percentile={percentile})")
 
 
@@ -276,6 +319,12 @@ def zscore(ds: xr.Dataset) -> xr.Dataset:
     act = _activity(ds, "zscore").astype(float)
     over = [d for d in act.dims if d != "neuron"]
     mean, std = act.mean(over), act.std(over)
+    if _is_lazy(act):
+        # one pass over the data for both statistics; kept lazy they would make dask hold
+        # every chunk until the second pass that writes the output
+        import dask
+
+        mean, std = dask.compute(mean, std)
     flat = np.asarray(std.values) == 0
     if flat.any():
         ids = np.asarray(ds["neuron_id"].values)[flat][:10].tolist()
@@ -286,6 +335,12 @@ def zscore(ds: xr.Dataset) -> xr.Dataset:
     out = ds.assign(activity=((act - mean) / std).assign_attrs(
         {**ds["activity"].attrs, "signal": "zscore", "units": "1"}))
     return _finish(out, "zscore()")
+
+
+def _checked_sqrt(values: np.ndarray) -> np.ndarray:
+    if values.size and values.min() < 0:
+        raise InputDataError("sqrt needs non-negative activity (counts or rates).")
+    return np.sqrt(values)
 
 
 def sqrt(ds: xr.Dataset) -> xr.Dataset:
@@ -299,9 +354,11 @@ def sqrt(ds: xr.Dataset) -> xr.Dataset:
     [2.0, 2.0, 2.0]
     """
     act = _activity(ds, "sqrt")
-    if float(act.min()) < 0:
-        raise InputDataError("sqrt needs non-negative activity (counts or rates).")
-    out = _replace_activity(ds, np.sqrt(np.asarray(act.values, dtype=float)), transform="sqrt")
+    if _is_lazy(act):
+        values = act.data.astype(float).map_blocks(_checked_sqrt, dtype=float)
+    else:
+        values = _checked_sqrt(np.asarray(act.values, dtype=float))
+    out = _replace_activity(ds, values, transform="sqrt")
     return _finish(out, "sqrt()")
 
 
