@@ -130,3 +130,21 @@ def test_figures(fitted):
     assert len(figs[0].axes) == 4 * dc.communities_.sizes["component"]
     for fig in figs:
         plt.close(fig)
+
+
+def test_unequal_recording_lengths():
+    """A stack_animals-style stack: animal 1 is shorter and NaN-padded (n_samples)."""
+    from neurodata.models.ntf import _as_tensor
+
+    ds = _stack()
+    ds["activity"][1, 80:, :] = np.nan
+    ds["n_samples"] = ("animal", np.array([120, 80]))
+    aff = affinity_tensor(ds, window=3.0, step=2.0)
+    wm = aff["window_mask"].values
+    assert wm[:, 0].all()
+    starts = np.arange(0, 119 - 30 + 1, 20)
+    np.testing.assert_array_equal(wm[:, 1], starts + 30 <= 79)
+    assert np.all(aff.values[:, ~wm[:, 1], 1] == 0)
+    _, mask, _ = _as_tensor(aff, None)
+    assert mask.shape == (1, *wm.shape)  # every neuron recorded: a (1, window, animal) mask
+    assert np.broadcast_to(mask, aff.shape).sum() == wm.sum() * aff.sizes["pair"]

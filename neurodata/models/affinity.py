@@ -8,7 +8,8 @@ carries plain coordinates ``neuron_a`` / ``neuron_b`` (neuron ids) and ``index_a
 ``index_b`` (positions in the input's ``neuron`` dimension, ``index_a < index_b``).
 :func:`pairs_to_matrix` unstacks any ``pair`` vector into a symmetric
 ``(neuron_a, neuron_b)`` matrix. The ``mask`` coordinate ``(pair, animal)`` is ``True`` where
-both neurons were recorded in that animal; the affinity there is 0 where it is ``False``.
+both neurons were recorded in that animal, and ``window_mask`` ``(window, animal)`` where
+the window lies within that animal's recording; the affinity is 0 where either is False.
 """
 
 from __future__ import annotations
@@ -118,8 +119,10 @@ def affinity_tensor(
     xarray.DataArray
         ``affinity(pair, window, animal)`` with coords ``neuron_a``, ``neuron_b``,
         ``index_a``, ``index_b`` on ``pair``; ``window`` (centre time, s), ``window_start``,
-        ``window_stop`` on ``window``; ``animal``; and ``mask(pair, animal)`` (both neurons
-        recorded). A single-animal input gets an ``animal`` dimension of length 1.
+        ``window_stop`` on ``window``; ``animal``; ``mask(pair, animal)`` (both neurons
+        recorded) and ``window_mask(window, animal)`` (the window lies within that
+        animal's recording: stacks of unequal lengths carry ``n_samples(animal)``). A
+        single-animal input gets an ``animal`` dimension of length 1.
 
     Raises
     ------
@@ -157,7 +160,11 @@ def affinity_tensor(
         recorded = recorded.reshape(n_animal, n_neuron)
     else:
         recorded = ~np.all(np.isnan(x), axis=1)
-    bad = np.isnan(x) & recorded[:, None, :]
+    # stacks of recordings of different lengths (stack_animals) end in NaN padding
+    n_samples = (np.asarray(ds["n_samples"].values, dtype=int).reshape(n_animal)
+                 if "n_samples" in ds else np.full(n_animal, n_time))
+    in_range = np.arange(n_time)[None, :] < n_samples[:, None]  # (animal, time)
+    bad = np.isnan(x) & recorded[:, None, :] & in_range[:, :, None]
     if bad.any():
         a, t, n = np.argwhere(bad)[0]
         raise InputDataError(
@@ -203,12 +210,15 @@ def affinity_tensor(
     if stride < 1:
         raise InputDataError(f"step={step} s is shorter than one frame at {fs} Hz.")
     starts = np.arange(0, n_avail - length + 1, stride)
-    sig = np.where(recorded[:, None, :], x, 0.0)
+    sig = np.where(recorded[:, None, :] & in_range[:, :, None], x, 0.0)
+    # a window is observed in an animal if it lies within that animal's recording
+    last = n_samples - (1 if kernel == "differential" else 0)
+    window_mask = (starts[:, None] + length) <= last[None, :]  # (window, animal)
     if kernel == "differential":
         sig = np.diff(sig, axis=1)
     aff = _affinities(jnp.asarray(sig), jnp.asarray(starts), length, kernel, float(sigma))
     aff = np.asarray(aff[:, :, ia, ib], dtype=dtype).transpose(2, 1, 0)  # (pair, window, animal)
-    aff = np.where(pair_mask[:, None, :], aff, 0.0).astype(dtype)
+    aff = np.where(pair_mask[:, None, :] & window_mask[None], aff, 0.0).astype(dtype)
 
     t = np.asarray(ds["time"].values, dtype=float)
     # a difference at frame k sits between frames k and k + 1
@@ -230,6 +240,7 @@ def affinity_tensor(
             "window_stop": ("window", t1),
             "animal": ("animal", animals),
             "mask": (("pair", "animal"), pair_mask),
+            "window_mask": (("window", "animal"), window_mask),
         },
         name="affinity",
         attrs={"kernel": kernel, "sigma": float(sigma), "window_s": float(window),

@@ -347,10 +347,15 @@ def _as_tensor(tensor, mask):
     labels = None
     if isinstance(tensor, xr.DataArray):
         labels = tensor
-        if mask is None and "mask" in tensor.coords:
-            m = tensor["mask"]
-            mask = np.asarray(m.expand_dims([d for d in tensor.dims if d not in m.dims])
-                              .transpose(*tensor.dims).values)
+        if mask is None:
+            for name in ("mask", "window_mask"):
+                if name not in tensor.coords or bool(tensor[name].all()):
+                    continue
+                m = tensor[name]
+                m = np.asarray(m.expand_dims([d for d in tensor.dims if d not in m.dims])
+                               .transpose(*tensor.dims).values)
+                # two structured masks multiply into an entry-wise one
+                mask = m if mask is None else mask & m
         tensor = tensor.values
     x = np.asarray(tensor, dtype=float)
     if x.ndim < 2:
@@ -398,7 +403,8 @@ class NTF(NeurodataModel):
         Random initialisations fitted together (``vmap``); the lowest-error one is kept.
     mask
         Optional 0/1 mask broadcastable to the tensor (1 = observed). For a labelled tensor
-        from :func:`affinity_tensor`, its ``mask(pair, animal)`` coordinate is used by default.
+        from :func:`affinity_tensor`, its ``mask(pair, animal)`` and ``window_mask(window,
+        animal)`` coordinates are used by default (an all-True one is skipped).
     max_iter
         Iteration cap.
     tol
