@@ -203,6 +203,16 @@ def smooth(ds: xr.Dataset, sigma: float) -> xr.Dataset:
     return _finish(_replace_activity(ds, values, **attrs), f"smooth(sigma={sigma})")
 
 
+def _interp_lazy(var: xr.DataArray, t: np.ndarray, new_t: np.ndarray) -> xr.DataArray:
+    # Linear interpolation as two sorted takes along time, which dask does chunk by chunk
+    # (xarray's interp would put the whole time axis in one chunk).
+    left = np.clip(np.searchsorted(t, new_t, side="right") - 1, 0, t.size - 2)
+    frac = xr.DataArray((new_t - t[left]) / (t[left + 1] - t[left]), dims="time")
+    lo = var.isel(time=left).drop_vars("time")
+    hi = var.isel(time=left + 1).drop_vars("time")
+    return (lo + (hi - lo) * frac).assign_coords(time=("time", new_t, {"units": "s"}))
+
+
 def resample(ds: xr.Dataset, rate: float) -> xr.Dataset:
     """Resample activity (and behaviour) onto an even grid at ``rate`` Hz.
 
@@ -248,7 +258,8 @@ def resample(ds: xr.Dataset, rate: float) -> xr.Dataset:
         if old_rate > 2 * rate:
             var = var.rolling(time=max(int(round(old_rate / rate)), 1), center=True,
                               min_periods=1).mean()
-        out[name] = var.interp(time=new_t).assign_attrs(ds[name].attrs)
+        new = _interp_lazy(var, t, new_t) if _is_lazy(var) else var.interp(time=new_t)
+        out[name] = new.assign_attrs(ds[name].attrs)
     out.attrs["sampling_rate"] = float(rate)
     return _finish(out, f"resample(rate={rate})")
 
@@ -427,9 +438,15 @@ def cut_trials(
     index = first[:, None] + np.arange(n)[None, :]
     take = xr.DataArray(index, dims=("trial", "time"))
     out = xr.Dataset(attrs=dict(ds.attrs))
-    out["activity"] = ds["activity"].isel(time=take).drop_vars("time", errors="ignore")
-    if "behavior" in ds:
-        out["behavior"] = ds["behavior"].isel(time=take).drop_vars("time", errors="ignore")
+    for name in ("activity", "behavior"):
+        if name in ds:
+            var = ds[name].isel(time=take).drop_vars("time", errors="ignore")
+            if _is_lazy(var):
+                # dask gives one chunk per trial; group trials into chunks about as long
+                # as the input's time chunks to keep the task graph small
+                per = max(1, max(ds[name].data.chunks[ds[name].dims.index("time")]) // n)
+                var = var.chunk({"trial": per})
+            out[name] = var
     neuron_coords = {k: v for k, v in ds.coords.items() if v.dims == ("neuron",)}
     out = out.assign_coords(neuron_coords)
     if "behavior_channel" in ds.coords:
