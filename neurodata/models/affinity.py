@@ -137,7 +137,7 @@ def affinity_tensor(
     >>> ds = neurodata.from_arrays(np.random.default_rng(0).normal(size=(300, 4)), 10.0,
     ...                            signal="dff")
     >>> affinity_tensor(ds, window=5.0).sizes
-    Frozen({'pair': 6, 'window': 6, 'animal': 1})
+    Frozen({'pair': 6, 'window': 5, 'animal': 1})
     """
     if kernel not in KERNELS:
         raise InputDataError(f"kernel {kernel!r} is not one of {list(KERNELS)}.")
