@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -161,3 +162,65 @@ def test_rounded_timestamps_count_as_even_but_gaps_do_not():
     gap[20:] += 1.0
     with pytest.raises(InputDataError, match="not evenly sampled"):
         pp.bin(ds.assign_coords(time=("time", gap, {"units": "s"})), 0.1)
+
+
+# --------------------------------------------------------------------- dask-backed input
+
+LAZY_STEPS = {
+    "bin": (lambda ds: pp.bin(ds, 0.03), "spike_count"),
+    "smooth_counts": (lambda ds: pp.smooth(ds, 0.05), "spike_count"),
+    "smooth_rate": (lambda ds: pp.smooth(ds, 0.12), "rate"),
+    "dff": (lambda ds: pp.dff(ds, window=0.5, percentile=10.0), "fluorescence"),
+    "zscore": (pp.zscore, "rate"),
+    "sqrt": (pp.sqrt, "spike_count"),
+    "resample_down": (lambda ds: pp.resample(ds, 30.0), "rate"),
+    "resample_up": (lambda ds: pp.resample(ds, 170.0), "rate"),
+    "cut_trials": (lambda ds: pp.cut_trials(ds, [0.5, 1.05, 2.0], window=(-0.2, 0.3)),
+                   "rate"),
+    "cut_windows": (lambda ds: pp.cut_windows(ds, 0.25, step=0.1), "rate"),
+    "select_neurons": (lambda ds: pp.select_neurons(ds, ["1", "3"]), "rate"),
+}
+
+
+def _recording(kind):
+    rng = np.random.default_rng(3)
+    if kind == "spike_count":
+        values = rng.poisson(2.0, (300, 4))
+    elif kind == "fluorescence":
+        values = 100.0 + rng.gamma(2.0, 5.0, (300, 4))
+    else:
+        values = rng.normal(5.0, 2.0, (300, 4))
+    return neurodata.from_arrays(values, sampling_rate=100.0, signal=kind,
+                                 behavior=rng.normal(size=(300, 2)))
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_STEPS))
+@pytest.mark.parametrize("chunk", [7, 64])
+def test_dask_backed_input_stays_lazy_and_gives_the_numpy_numbers(name, chunk):
+    step, kind = LAZY_STEPS[name]
+    ds = _recording(kind)
+    want = step(ds)
+    got = step(ds.chunk({"time": chunk, "neuron": 2}))
+    assert dask.is_dask_collection(got["activity"].data), name  # nothing computed yet
+    assert got.activity.dims == want.activity.dims
+    assert got.attrs["history"] == want.attrs["history"]
+    assert got.activity.attrs == want.activity.attrs
+    np.testing.assert_allclose(got.activity.values, want.activity.values, rtol=1e-12,
+                               atol=1e-12)
+    if "behavior" in want:
+        np.testing.assert_allclose(got.behavior.values, want.behavior.values, rtol=1e-12,
+                                   atol=1e-12)
+    for coord in want.coords:
+        np.testing.assert_array_equal(got[coord].values, want[coord].values)
+
+
+def test_lazy_value_checks_raise_when_computed():
+    negative = neurodata.from_arrays(-np.ones((30, 1)), 10.0, signal="zscore")
+    with pytest.raises(InputDataError, match="non-negative"):
+        pp.sqrt(negative.chunk({"time": 10})).activity.values  # noqa: B018
+    f = np.full((60, 1), -100.0)
+    low = neurodata.from_arrays(f, 10.0, signal="fluorescence").chunk({"time": 20})
+    with pytest.raises(InputDataError, match="baseline"):
+        pp.dff(low, window=1.0).activity.values  # noqa: B018
+    with pytest.raises(InputDataError, match="constant"):  # zscore reads its statistics
+        pp.zscore(neurodata.from_arrays(np.ones((20, 2)), 10.0).chunk({"time": 5}))
