@@ -148,3 +148,17 @@ def test_unequal_recording_lengths():
     _, mask, _ = _as_tensor(aff, None)
     assert mask.shape == (1, *wm.shape)  # every neuron recorded: a (1, window, animal) mask
     assert np.broadcast_to(mask, aff.shape).sum() == wm.sum() * aff.sizes["pair"]
+
+
+def test_leiden_backend_and_bad_option(fitted):
+    ds, dc = fitted
+    # same NTF settings as the fixture (compiled solver reused), Leiden communities
+    dcl = DynamicConnectome(rank=3, window=10.0, step=5.0, n_init=4, seed=0,
+                            community="leiden").fit(ds)
+    comps = dcl.epoch_components()
+    assert comps == dc.epoch_components()
+    scores = [nmi(dcl.communities_.values[comps[str(e)]], ds["planted_community"].values[j])
+              for j, e in enumerate(ds["epoch"].values)]
+    assert min(scores) > 0.7
+    with pytest.raises(InputDataError, match="community"):
+        DynamicConnectome(community="louvain").fit(ds)
