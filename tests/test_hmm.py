@@ -79,7 +79,7 @@ def test_filter_sequential_equals_parallel(problem):
 
 def test_long_sequence_parallel_matches_sequential():
     rng = np.random.default_rng(2)
-    n, s = 3000, 4
+    n, s = 1000, 4
     init = jnp.asarray(rng.dirichlet(np.ones(s)))
     trans = jnp.asarray(0.9 * np.eye(s) + 0.1 * rng.dirichlet(np.ones(s), size=s))
     ll = jnp.asarray(rng.normal(size=(n, s)) * 5.0)

@@ -97,14 +97,12 @@ def hmm_smoother(initial_probs, transition_matrix, log_likelihoods, resets=None)
     )
     smoothed = filtered * betas
     smoothed = smoothed / jnp.sum(smoothed, axis=1, keepdims=True)
-    # xi_t(i, j) = alpha_t(i) A_ij lik_{t+1}(j) beta_{t+1}(j) / c_{t+1}
-    weights = jnp.where(next_reset[:-1], 0.0, 1.0)[:, None, None]
-    xi = (
-        filtered[:-1, :, None]
-        * transition_matrix[None]
-        * (lik[1:] * betas[1:] / norms[1:, None])[:, None, :]
+    # sum_t xi_t(i, j) = A_ij sum_t alpha_t(i) lik_{t+1}(j) beta_{t+1}(j) / c_{t+1}: one
+    # contraction over time, without materialising the (T, S, S) pairwise marginals.
+    keep = jnp.where(next_reset[:-1], 0.0, 1.0)[:, None]
+    expected_transitions = transition_matrix * jnp.einsum(
+        "ti,tj->ij", filtered[:-1] * keep, lik[1:] * betas[1:] / norms[1:, None]
     )
-    expected_transitions = jnp.sum(weights * xi, axis=0)
     expected_initial = jnp.sum(jnp.where(resets[:, None], smoothed, 0.0), axis=0)
     return HMMPosterior(loglik, filtered, smoothed, expected_transitions, expected_initial)
 
