@@ -95,30 +95,27 @@ def run(out: Path) -> list[dict]:
     # 3. topological RSA: layer identification under noise -----------------------------
     images, labels = networks.digits()
     probe = np.concatenate([np.where(labels[1500:] == c)[0][:3] + 1500 for c in range(10)])
-    rdms, region, subject = [], [], []
-    for s, net in enumerate(nets):
-        for name, act in networks.layer_activations(net, images[probe]).items():
-            rdms.append(rsa.calc_rdm(act.reshape(len(probe), -1), "correlation")
-                        ["dissimilarity"].values[0])
-            region.append(name)
-            subject.append(s)
-    rdms = np.array(rdms)
+    acts = [networks.layer_activations(net, images[probe]) for net in nets]
+    region = [name for _ in nets for name in networks.LAYERS]
+    subject = [s for s in range(len(nets)) for _ in networks.LAYERS]
     rng = np.random.default_rng(0)
-    iu = np.triu_indices(len(probe), 1)
     grids = []
     for k in (0.0, 2.0):
-        noisy = rdms.copy()
-        for r in noisy:
-            v = np.maximum(r[iu] + k * r[iu].std() * rng.normal(size=len(iu[0])), 0)
-            r[iu] = v
-            r.T[iu] = v
-        grids.append(rsa.topology_grid(noisy, region, subject, levels=np.linspace(0, 1, 11)))
+        rdms = []
+        for layer_acts in acts:
+            for v in layer_acts.values():
+                v = v.reshape(len(probe), -1)
+                v = v + k * v.std() * rng.normal(size=v.shape)
+                rdms.append(rsa.calc_rdm(v, "correlation")["dissimilarity"].values[0])
+        grids.append(rsa.topology_grid(np.array(rdms), region, subject,
+                                       levels=np.linspace(0, 1, 11)))
     sections.append({
         "title": "Topological RSA: identifying the layer of each RDM",
         "text": ("Leave-one-seed-out nearest-centroid identification of the layer (chance "
                  f"{1 / 4:.2f}) for GT(l, u) statistics of the layer RDMs on 30 digits, without "
-                 "noise and with noise of 2 x each RDM's SD. The diagonal l = u holds "
-                 "adjacency matrices, the corner (0, 1) the rank RDM."),
+                 "noise and with Gaussian noise of 2 x each layer's SD added to the "
+                 "activations. The diagonal l = u holds adjacency matrices, the corner (0, 1) "
+                 "the rank RDM."),
         "figures": [_save(ndplot.topology_heatmap(grids, titles=["no noise", "noise 2 SD"],
                                                   chance=0.25), folder / "trsa.png")],
     })

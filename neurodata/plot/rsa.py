@@ -145,7 +145,7 @@ def model_comparison_bars(result: xr.Dataset, *, significant: xr.DataArray | Non
     ax.set_xticklabels([names[i] for i in order], rotation=45, ha="right")
     method = result.attrs.get("method", "")
     ax.set_ylabel(f"RDM correlation [{method}]")
-    ax.legend(frameon=False, fontsize=8, loc="upper right")
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig

@@ -27,19 +27,17 @@ __all__ = ["dual_bootstrap", "fdr", "noise_ceiling", "pairwise_tests"]
 _KINDS = ("both", "rdm", "pattern")
 
 
-def _pool(v: jax.Array, w: jax.Array, mask: jax.Array, method: str) -> jax.Array:
-    """Weighted pool of RDM vectors ``v (n, p)`` that suits the comparator (rsatoolbox)."""
+def _normalise(v: jax.Array, mask: jax.Array, method: str) -> jax.Array:
+    """Per-RDM normalisation before pooling, as ``rsatoolbox.util.pooling.pool_rdm``."""
     m = mask.astype(v.dtype)
     n_ok = jnp.sum(m)
     if method == "cosine":
-        v = v / jnp.sqrt(jnp.sum(v * v * m, -1, keepdims=True) / n_ok)
-    elif method == "corr":
+        return v / jnp.sqrt(jnp.sum(v * v * m, -1, keepdims=True) / n_ok)
+    if method == "corr":
         mean = jnp.sum(v * m, -1, keepdims=True) / n_ok
         sd = jnp.sqrt(jnp.sum((v - mean) ** 2 * m, -1, keepdims=True) / n_ok)
-        v = (v - mean) / sd
-    else:
-        v = masked_ranks(v, mask)
-    return (w @ v) / jnp.sum(w)
+        return (v - mean) / sd
+    return masked_ranks(v, mask)
 
 
 def _sample_stats(models, data, group_of, group_counts, idx, method):
@@ -53,18 +51,19 @@ def _sample_stats(models, data, group_of, group_counts, idx, method):
     w = group_counts[group_of]  # how often each RDM was drawn
     sims = vector_similarity(mv, dv, mask, method)
     evals = (sims @ w) / jnp.sum(w)
-    present = group_counts > 0
-    pool_all = _pool(dv, w, mask, method)
-
-    def per_group(g):
-        mine = (group_of == g).astype(dv.dtype)
-        pool_rest = _pool(dv, w * (1.0 - mine), mask, method)
-        pools = jnp.stack([pool_rest, pool_all])
-        s = vector_similarity(pools, dv, mask, method)
-        return (s @ mine) / jnp.sum(mine)
-
-    per = jax.vmap(per_group)(jnp.arange(group_counts.shape[0]))  # (n_group, 2)
-    nc = jnp.sum(per * present[:, None], 0) / jnp.sum(present)
+    # noise ceiling: each drawn subject against the pool of the others (lower) and of all
+    # (upper); all pools at once as one weighted sum of the normalised RDMs
+    z = _normalise(dv, mask, method)
+    mine = (group_of[None, :] == jnp.arange(group_counts.shape[0])[:, None]).astype(dv.dtype)
+    w_rest = w[None, :] * (1.0 - mine)
+    pools = jnp.concatenate([w_rest, w[None]]) @ z
+    pools = pools / jnp.maximum(jnp.concatenate([w_rest.sum(1), w.sum()[None]]), 1e-300)[:, None]
+    s = vector_similarity(pools, dv, mask, method)  # (n_group + 1, n_data)
+    per_mine = jnp.maximum(mine.sum(1), 1.0)
+    lower = jnp.sum(s[:-1] * mine, 1) / per_mine
+    upper = (mine @ s[-1]) / per_mine
+    present = (group_counts > 0).astype(dv.dtype)
+    nc = jnp.stack([lower @ present, upper @ present]) / jnp.sum(present)
     return evals, nc
 
 
