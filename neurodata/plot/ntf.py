@@ -36,7 +36,7 @@ def _shade_epochs(ax, time_course: xr.DataArray) -> None:
         if i == labels.size or labels[i] != labels[start]:
             c = colors[names.index(labels[start])]
             ax.axvspan(t[start], t[i - 1], color=c, alpha=0.6, lw=0)
-            ax.text((t[start] + t[i - 1]) / 2, 1.0, labels[start], ha="center", va="bottom",
+            ax.text((t[start] + t[i - 1]) / 2, 0.97, labels[start], ha="center", va="top",
                     transform=ax.get_xaxis_transform(), fontsize=7)
             start = i
 
