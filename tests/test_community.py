@@ -36,6 +36,7 @@ def test_exponential_weights_moderate_mixing():
 
 
 def test_high_mixing_beats_leiden():
+    pytest.importorskip("leidenalg", reason="the Leiden baseline needs neurodata[community]")
     w, truth = planted_partition(SIZES, 0.7, degree_spread=0.3, distribution="gamma",
                                  shape=4.0, seed=3)
     sbm = nmi(WeightedSBM(max_groups=5, distribution="gamma", seed=0).fit(w).labels_, truth)

@@ -151,6 +151,7 @@ def test_unequal_recording_lengths():
 
 
 def test_leiden_backend_and_bad_option(fitted):
+    pytest.importorskip("leidenalg", reason="the Leiden backend needs neurodata[community]")
     ds, dc = fitted
     # same NTF settings as the fixture (compiled solver reused), Leiden communities
     dcl = DynamicConnectome(rank=3, window=10.0, step=5.0, n_init=4, seed=0,
