@@ -88,6 +88,81 @@ def _bootstrap_core(models, data, group_of, group_draws, stim_draws, method, bat
     return jax.lax.map(one, (group_draws, stim_draws), batch_size=batch_size)
 
 
+def _linear_products(models: jax.Array, data: jax.Array) -> jax.Array:
+    """Zero-diagonal matrices for every pair sum that cosine and Pearson need.
+
+    Their quadratic forms in the stimulus counts give the sums over sampled pairs of: ones,
+    X_m, D_k, X_m^2, X_m D_k and D_k D_l.
+    """
+    n_m, n = models.shape[:2]
+    n_d = data.shape[0]
+    off = 1.0 - jnp.eye(n)
+    mats = jnp.concatenate([
+        off[None], models, data, models**2,
+        (models[:, None] * data[None]).reshape(n_m * n_d, n, n),
+        (data[:, None] * data[None]).reshape(n_d * n_d, n, n),
+    ]) * off
+    return mats.reshape(mats.shape[0], n * n)
+
+
+def _pool_similarity(c_mat: jax.Array, v: jax.Array) -> jax.Array:
+    # similarity of each RDM with the pool sum_k v_k z_k, z_k normalised by sqrt(C_kk); the
+    # comparator is invariant to the pool's scale and offset, so C (centred for corr,
+    # uncentred for cosine) is all it needs
+    a = v / jnp.sqrt(jnp.diag(c_mat))
+    num = a @ c_mat
+    return num / jnp.sqrt((a @ c_mat @ a) * jnp.diag(c_mat))
+
+
+def _linear_stats(q: jax.Array, n_m: int, n_d: int, w: jax.Array, group_of: jax.Array,
+                  group_counts: jax.Array, method: str):
+    """Evaluations and noise ceiling from the quadratic forms ``q`` of one sample."""
+    n_p = q[0]
+    sm = q[1:1 + n_m]
+    sd = q[1 + n_m:1 + n_m + n_d]
+    smm = q[1 + n_m + n_d:1 + 2 * n_m + n_d]
+    k = 1 + 2 * n_m + n_d
+    smd = q[k:k + n_m * n_d].reshape(n_m, n_d)
+    sdd = q[k + n_m * n_d:].reshape(n_d, n_d)
+    if method == "corr":
+        smd = smd - sm[:, None] * sd[None] / n_p
+        smm = smm - sm**2 / n_p
+        sdd = sdd - sd[:, None] * sd[None] / n_p
+    sims = smd / jnp.sqrt(smm[:, None] * jnp.diag(sdd)[None])
+    evals = (sims @ w) / jnp.sum(w)
+    mine = (group_of[None, :] == jnp.arange(group_counts.shape[0])[:, None]).astype(w.dtype)
+    per_mine = jnp.maximum(mine.sum(1), 1.0)
+    lower = jnp.sum(jax.vmap(lambda v: _pool_similarity(sdd, v))(w[None] * (1 - mine)) * mine,
+                    1) / per_mine
+    upper = (mine @ _pool_similarity(sdd, w)) / per_mine
+    present = (group_counts > 0).astype(w.dtype)
+    return evals, jnp.stack([lower @ present, upper @ present]) / jnp.sum(present)
+
+
+@partial(jax.jit, static_argnames=("method",))
+def _bootstrap_linear(models, data, group_of, group_draws, stim_draws, method):
+    # cosine and Pearson need only sums over the sampled pairs, and with stimulus counts c a
+    # sum over pairs is c^T M c / 2: one matmul for all samples, no gathered RDM copies
+    n_group = int(group_draws.shape[1])
+    n_m, n = models.shape[:2]
+    n_d = data.shape[0]
+    prods = _linear_products(models, data)
+    counts = jax.vmap(lambda s: jnp.zeros(n).at[s].add(1.0))(stim_draws)
+    q = jnp.einsum("bi,bj->bij", counts, counts).reshape(counts.shape[0], -1) @ prods.T / 2
+    q_all = prods @ jnp.ones(n * n) / 2
+    g_counts = jax.vmap(lambda g: jnp.zeros(n_group).at[g].add(1.0))(group_draws)
+    ones = jnp.ones(n_group)
+
+    def one(qb, gc):
+        w = gc[group_of]
+        e_b, nc_b = _linear_stats(qb, n_m, n_d, w, group_of, gc, method)
+        e_r, nc_r = _linear_stats(q_all, n_m, n_d, w, group_of, gc, method)
+        e_p, nc_p = _linear_stats(qb, n_m, n_d, ones[group_of], group_of, ones, method)
+        return jnp.stack([e_b, e_r, e_p], -1), jnp.stack([nc_b, nc_r, nc_p], -1)
+
+    return jax.vmap(one)(q, g_counts)
+
+
 def _dual_variance(v: np.ndarray, n_rdm: int, n_pattern: int) -> np.ndarray:
     # v[..., kind]: variances under (both, rdm, pattern) resampling; small-sample formula
     both, rdm, pat = v[..., 0], v[..., 1], v[..., 2]
@@ -183,10 +258,14 @@ def dual_bootstrap(
     k_group, k_stim = jax.random.split(key)
     group_draws = jax.random.randint(k_group, (n_bootstrap, n_group), 0, n_group)
     stim_draws = jax.random.randint(k_stim, (n_bootstrap, n_stim), 0, n_stim)
-    evals, nc = _bootstrap_core(
-        jnp.asarray(models), jnp.asarray(data), jnp.asarray(group_of), group_draws,
-        stim_draws, method, min(batch_size, n_bootstrap),
-    )
+    if method in ("corr", "cosine"):
+        evals, nc = _bootstrap_linear(jnp.asarray(models), jnp.asarray(data),
+                                      jnp.asarray(group_of), group_draws, stim_draws, method)
+    else:
+        evals, nc = _bootstrap_core(
+            jnp.asarray(models), jnp.asarray(data), jnp.asarray(group_of), group_draws,
+            stim_draws, method, min(batch_size, n_bootstrap),
+        )
     evals, nc = np.asarray(evals), np.asarray(nc)
     # samples with fewer than 3 distinct stimuli cannot be evaluated (rsatoolbox: NaN)
     ok = np.array([len(np.unique(s)) >= 3 for s in np.asarray(stim_draws)])
