@@ -6,6 +6,7 @@
 ``HMMGLM``              :mod:`neurodata.models.hmmglm`
 ``NTF``                 :mod:`neurodata.models.ntf`
 ``DynamicConnectome``   :mod:`neurodata.models.ntf`
+``WeightedSBM``         :mod:`neurodata.models.community`
 ``BiClustering``        :mod:`neurodata.models.bicluster`
 ======================  =========================================
 
@@ -23,9 +24,10 @@ _ESTIMATORS = {
     "HMMGLM": "hmmglm",
     "NTF": "ntf",
     "DynamicConnectome": "ntf",
+    "WeightedSBM": "community",
     "BiClustering": "bicluster",
 }
-_MODULES = ("gpfa", "gpvae", "hmmglm", "ntf", "community", "bicluster", "rsa")
+_MODULES = ("gpfa", "gpvae", "hmmglm", "affinity", "ntf", "community", "bicluster", "rsa")
 
 __all__ = [*_ESTIMATORS, *_MODULES]
 
