@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> str:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpvae")
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    parser.add_argument("--trials", type=int, help="override the number of trials")
+    parser.add_argument("--time", type=int, help="override the bins per trial")
+    parser.add_argument("--neurons", type=int, help="override the number of neurons")
+    parser.add_argument("--epochs", type=int, help="override the number of epochs")
     args = parser.parse_args(argv)
     if args.quick:
         n_trials, n_time, n_neurons, epochs, every = 60, 30, 30, 20, 10
@@ -97,6 +101,10 @@ def main(argv: list[str] | None = None) -> str:
     else:
         n_trials, n_time, n_neurons, epochs, every = 300, 60, 100, 300, 25
         lengths, scale_trials, scale_epochs = (30, 60, 120, 240), 40, 4
+    n_trials = args.trials or n_trials
+    n_time = args.time or n_time
+    n_neurons = args.neurons or n_neurons
+    epochs = args.epochs or epochs
     ds, truth = simulate(n_trials=n_trials, n_time=n_time, n_neurons=n_neurons, seed=0)
     n_train = int(0.8 * n_trials)
     train, test = ds.isel(trial=slice(0, n_train)), ds.isel(trial=slice(n_train, None))

@@ -17,14 +17,13 @@ def run(out: Path) -> list[dict]:
 
     folder = out / "gpvae"
     folder.mkdir(parents=True, exist_ok=True)
-    ds, truth = simulate(n_trials=100, n_time=40, n_neurons=40, length_scale=8.0, seed=0)
+    ds, truth = simulate(n_trials=100, n_time=40, n_neurons=40, seed=1)
     train, test = ds.isel(trial=slice(0, 80)), ds.isel(trial=slice(80, None))
     true = truth.isel(trial=slice(80, None))
     model = MMGPVAE(1, {"neural": 1, "image": 1},
                     modalities={"neural": "activity", "image": "image"},
-                    decoder={"image": "mlp"}, length_scale_init=0.4, hidden_size=32,
-                    max_epochs=120, patience=120, learning_rate=5e-3, batch_size=10,
-                    progress=False).fit(train)
+                    decoder={"image": "mlp"}, length_scale_init=0.5, max_epochs=150,
+                    patience=150, progress=False).fit(train)
     latents = model.transform(test)
     r2 = {
         "shared latent vs angle": affine_r2(latents["shared_mean"].values, true["angle"].values),
@@ -42,7 +41,7 @@ def run(out: Path) -> list[dict]:
                                       image_shape=(12, 12))
     figures.append(folder / "images_from_spikes.png")
     fig.savefig(figures[-1], dpi=90)
-    fig = ndplot.gpvae_length_scales(model.length_scales_, init=0.4, truth=8 * 0.05)
+    fig = ndplot.gpvae_length_scales(model.length_scales_, init=0.5, truth=10 * 0.05)
     figures.append(folder / "length_scales.png")
     fig.savefig(figures[-1], dpi=90)
     plt.close("all")

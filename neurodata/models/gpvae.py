@@ -721,6 +721,13 @@ class MMGPVAE(NeurodataModel):
         self.modalities_, self.spec_, self.bin_size_ = modalities, spec, dt
         self.n_features_ = {m: int(v.shape[-1]) for m, v in values.items()}
         self.feature_dims_ = {m: str(ds[var].dims[2]) for m, var in modalities.items()}
+        # Labels of the feature axes (e.g. behaviour channel names) for predictions of a
+        # modality absent from the input.
+        self.feature_labels_ = {m: np.asarray(ds[var][dim].values)
+                                for (m, var), dim in zip(modalities.items(),
+                                                         self.feature_dims_.values(),
+                                                         strict=True)
+                                if dim in ds[var].coords}
         self.offset_, self.scale_ = {}, {}
         for m, v in values.items():
             if spec.likelihoods[spec.modalities.index(m)] == "gaussian":
@@ -924,6 +931,8 @@ class MMGPVAE(NeurodataModel):
             if ref is not None:
                 coords.update({c: ref.coords[c] for c in ref.coords
                                if ref.coords[c].dims == (feature_dim,)})
+            elif name in self.feature_labels_:
+                coords[feature_dim] = (feature_dim, self.feature_labels_[name])
             out[var] = (("trial", "time", feature_dim), np.where(mask, pred, np.nan))
         return xr.Dataset(out, coords=coords)
 
