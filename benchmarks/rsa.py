@@ -127,6 +127,12 @@ def main(argv=None) -> str:
         f"{agree:.4f}; s.e. ratio neurodata / rsatoolbox = {sem_ratio.min():.2f} .. "
         f"{sem_ratio.max():.2f}.",
     ]
+    load = os.getloadavg()
+    lines += ["", f"Load average during the run (1, 5, 15 min): {load[0]:.1f}, {load[1]:.1f}, "
+              f"{load[2]:.1f}: the 2 cores were shared with other jobs, so absolute times "
+              "are inflated for both libraries; the ratios are what to read. Small "
+              "comparator calls are dominated by per-call overhead (input validation, "
+              "xarray output, dispatch), not by the arithmetic."]
     if args.quick:
         lines.append("")
         lines.append("(--quick: reduced sizes.)")
