@@ -58,7 +58,7 @@ def _m1(out: Path) -> dict:
     ds = preprocess.select_neurons(ds, list(ds.neuron_id.values[keep]))
     ds = preprocess.cut_windows(ds.isel(time=slice(0, 6000)), length=30.0)
     kw = dict(link="softplus", prior="gaussian", n_restarts=1, max_iter=25, history_bins=3)
-    sel = select_n_states(ds, (1, 2, 3), n_folds=2, **kw)
+    sel = select_n_states(ds, (1, 2), n_folds=2, **kw)
     best = int(sel.attrs["best_n_states"])
     model = HMMGLM(max(best, 2), **kw).fit(ds)
     proba = model.predict_proba(ds)

@@ -115,7 +115,7 @@ def hmmglm_coupling(coupling: xr.DataArray, global_structure: xr.DataArray | Non
         im = ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("pre")
-        ax.set_ylabel("post")
+    axes[0, 0].set_ylabel("post")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     return fig
 
