@@ -18,10 +18,10 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 from scipy.ndimage import gaussian_filter1d, percentile_filter
-from xarray.namedarray.pycompat import is_duck_dask_array
 
 from neurodata.data import bin_spikes, validate, with_history
 from neurodata.errors import InputDataError, SchemaError
@@ -75,7 +75,7 @@ def _finish(ds: xr.Dataset, step: str) -> xr.Dataset:
 
 
 def _is_lazy(da: xr.DataArray) -> bool:
-    return is_duck_dask_array(da.data)
+    return dask.is_dask_collection(da.data)
 
 
 def _along_time(act: xr.DataArray, func: Any, halo: int) -> Any:
@@ -333,8 +333,6 @@ def zscore(ds: xr.Dataset) -> xr.Dataset:
     if _is_lazy(act):
         # one pass over the data for both statistics; kept lazy they would make dask hold
         # every chunk until the second pass that writes the output
-        import dask
-
         mean, std = dask.compute(mean, std)
     flat = np.asarray(std.values) == 0
     if flat.any():
@@ -349,7 +347,7 @@ def zscore(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _checked_sqrt(values: np.ndarray) -> np.ndarray:
-    if values.size and values.min() < 0:
+    if np.any(values < 0):  # NaN (a gap) is not negative
         raise InputDataError("sqrt needs non-negative activity (counts or rates).")
     return np.sqrt(values)
 
