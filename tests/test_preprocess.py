@@ -224,3 +224,15 @@ def test_lazy_value_checks_raise_when_computed():
         pp.dff(low, window=1.0).activity.values  # noqa: B018
     with pytest.raises(InputDataError, match="constant"):  # zscore reads its statistics
         pp.zscore(neurodata.from_arrays(np.ones((20, 2)), 10.0).chunk({"time": 5}))
+
+
+def test_trial_shaped_dask_input_matches_numpy():
+    values = np.random.default_rng(5).gamma(2.0, 1.0, (6, 120, 3))
+    ds = neurodata.from_arrays(values, sampling_rate=50.0, signal="fluorescence")
+    lazy = ds.chunk({"trial": 4, "time": 25})
+    for step in (lambda d: pp.smooth(d, 0.1), lambda d: pp.dff(d, window=0.6),
+                 pp.zscore, pp.sqrt, lambda d: pp.select_neurons(d, ["0", "2"])):
+        got, want = step(lazy), step(ds)
+        assert dask.is_dask_collection(got.activity.data)
+        np.testing.assert_allclose(got.activity.values, want.activity.values, rtol=1e-12,
+                                   atol=1e-12)
