@@ -24,7 +24,6 @@ import json
 import math
 import os
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -41,6 +40,9 @@ from neurodata.models.bicluster._simulate import simulate
 from neurodata.models.bicluster._summaries import align, coclustering, max_pear
 
 __all__ = ["BiClustering", "simulate"]
+
+# one compiled runner per (priors, observation, thin, chunk, shapes), reused across fits
+_RUNNER = jax.jit(_core.run_blocks, static_argnames=("priors", "negbin", "thin", "chunk"))
 
 _DRAW_FIELDS = ("z", "states", "delta", "loadings", "dispersion", "latents", "A", "b", "Q",
                 "trans", "weights", "loglik", "n_clusters", "n_states")
@@ -277,14 +279,13 @@ class BiClustering(NeurodataModel):
                     draws[f] = v
         root = jax.random.PRNGKey(self.seed)
         chain_keys = jax.vmap(lambda c: jax.random.fold_in(root, c))(jnp.arange(self.n_chains))
-        runner = jax.jit(partial(_core.run_blocks, data=data, priors=priors, negbin=negbin,
-                                 thin=thin, chunk=chunk))
         bar = tqdm(total=total_blocks * thin, initial=blocks_done * thin, desc="bicluster",
                    disable=not self.progress, leave=False)
         try:
             while blocks_done < total_blocks:
-                state, (draw, lls) = runner(state, jnp.asarray(blocks_done),
-                                            jnp.asarray(total_blocks), base_keys=chain_keys)
+                state, (draw, lls) = _RUNNER(state, jnp.asarray(blocks_done),
+                                             jnp.asarray(total_blocks), data, priors,
+                                             chain_keys, negbin, thin, chunk)
                 n_run = min(chunk, total_blocks - blocks_done)
                 block_idx = blocks_done + np.arange(n_run)
                 keep = block_idx >= burn_blocks
