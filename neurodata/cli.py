@@ -19,6 +19,7 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,6 +188,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from neurodata.parallel import fit_sessions
 
     config = read_config(args.model, args.config)  # fails before any cluster starts
+    if importlib.util.find_spec("distributed") is None:
+        raise NeurodataError("`neurodata fit` runs on dask.distributed, which is not "
+                             "installed; pip install 'neurodata[dist]'.")
     summary = fit_sessions(
         config.model, args.sources, out=args.out, scheduler=args.scheduler,
         prepare=config.prepare, load_options=config.load_options, file_format=args.format,
