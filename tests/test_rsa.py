@@ -366,7 +366,7 @@ def test_linear_bootstrap_path_equals_gathered_rdms(rng):
     x = rng.normal(size=(7, 9, 4))
     d = jnp.asarray(((x[:, :, None] - x[:, None]) ** 2).sum(-1))
     groups = jnp.asarray([0, 0, 1, 2, 2])
-    g = jax.random.randint(jax.random.key(0), (6, 3), 0, 3)
+    g = jax.random.randint(jax.random.key(0), (6, 3), 0, 3).at[0].set(1)  # one subject
     s = jax.random.randint(jax.random.key(1), (6, 9), 0, 9)
     for method in ("corr", "cosine"):
         fast = inference._bootstrap_linear(d[:2], d[2:], groups, g, s, method)

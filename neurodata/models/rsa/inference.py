@@ -62,6 +62,7 @@ def _sample_stats(models, data, group_of, group_counts, idx, method):
     per_mine = jnp.maximum(mine.sum(1), 1.0)
     lower = jnp.sum(s[:-1] * mine, 1) / per_mine
     upper = (mine @ s[-1]) / per_mine
+    lower = jnp.where(w_rest.sum(1) > 0, lower, upper)  # one subject drawn: pool all
     present = (group_counts > 0).astype(dv.dtype)
     nc = jnp.stack([lower @ present, upper @ present]) / jnp.sum(present)
     return evals, nc
@@ -111,7 +112,8 @@ def _pool_similarity(c_mat: jax.Array, v: jax.Array) -> jax.Array:
     # uncentred for cosine) is all it needs
     a = v / jnp.sqrt(jnp.diag(c_mat))
     num = a @ c_mat
-    return num / jnp.sqrt((a @ c_mat @ a) * jnp.diag(c_mat))
+    den = jnp.sqrt((a @ c_mat @ a) * jnp.diag(c_mat))
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
 def _linear_stats(q: jax.Array, n_m: int, n_d: int, w: jax.Array, group_of: jax.Array,
@@ -135,6 +137,8 @@ def _linear_stats(q: jax.Array, n_m: int, n_d: int, w: jax.Array, group_of: jax.
     lower = jnp.sum(jax.vmap(lambda v: _pool_similarity(sdd, v))(w[None] * (1 - mine)) * mine,
                     1) / per_mine
     upper = (mine @ _pool_similarity(sdd, w)) / per_mine
+    # a sample that drew one subject only has no "others": as rsatoolbox, pool all of them
+    lower = jnp.where((w[None] * (1 - mine)).sum(1) > 0, lower, upper)
     present = (group_counts > 0).astype(w.dtype)
     return evals, jnp.stack([lower @ present, upper @ present]) / jnp.sum(present)
 

@@ -114,7 +114,7 @@ def gt_transform(rdms: Any, lower: float = 0.2, upper: float = 0.8):
     >>> import numpy as np
     >>> d = np.array([[0, 1, 2, 3], [1, 0, 4, 5], [2, 4, 0, 6], [3, 5, 6, 0.0]])
     >>> gt_transform(d, 0.5, 0.5)[3]
-    array([1., 1., 1., 0.])
+    array([0., 1., 1., 0.])
     """
     values = _checked(rdms, lower, upper)
     v = condensed(values)
