@@ -126,3 +126,21 @@ def test_bad_yaml_missing_file_and_bad_sections(tmp_path):
         read_config("hmmglm", {"model": [1, 2]})
     with pytest.raises(InputDataError, match=r"'load' must map"):
         read_config("hmmglm", {"load": "fast"})
+
+
+def test_load_options_open_a_saved_recording_lazily_through_the_pipeline(tmp_path):
+    import dask
+
+    from neurodata.parallel import load_source
+
+    counts = np.random.default_rng(1).poisson(1.0, (400, 3))
+    stored = neurodata.from_arrays(counts, sampling_rate=100.0).chunk({"time": 64})
+    path = neurodata.save(stored, tmp_path / "rec.zarr")  # zarr chunks of 64 samples
+    cfg = read_config("hmmglm", {"load": {"chunks": {"time": 128}},
+                                 "prepare": [{"step": "bin", "bin_size": 0.02},
+                                             {"step": "smooth", "sigma": 0.05},
+                                             {"step": "cut_windows", "length": 1.0}]})
+    lazy = cfg.prepare(load_source(path, **cfg.load_options))
+    assert dask.is_dask_collection(lazy.activity.data)
+    eager = cfg.prepare(neurodata.load(path))
+    np.testing.assert_allclose(lazy.activity.values, eager.activity.values, rtol=1e-12)
