@@ -4,7 +4,11 @@
 stimuli jointly, and alone, in one vmapped pass (Schuett et al., eLife 2023, as
 ``rsatoolbox.inference.eval_dual_bootstrap`` with fixed models), and combines the three
 variance estimates with the small-sample dual-bootstrap formula. Pairs of a stimulus drawn
-twice are removed with a mask, so every bootstrap sample has the same array shape.
+twice are removed with a mask, so every bootstrap sample has the same array shape. For the
+``corr`` and ``cosine`` comparators every sum over resampled pairs is a quadratic form of
+the stimulus counts, so all samples are evaluated with one matrix product and no resampled
+RDM is ever materialised; the rank comparators gather the resampled RDMs (vmapped, in
+batches). Both paths agree to 1e-10 on the same draws (tested).
 """
 
 from __future__ import annotations
