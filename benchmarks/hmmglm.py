@@ -189,6 +189,9 @@ def main(argv=None):
     res = bench_fit(*fit)
     print(res, flush=True)
     md = ["## HMM-GLM", "", f"Machine: {machine()}", "",
+          "The development machine was shared with seven other jobs (load average ~10 on 2 "
+          "cores) when these figures were taken: single timings carry millisecond-scale "
+          "scheduling noise, so read the ratios at T >= 1e5 and the fit comparison.", "",
           "### (a) E-step (forward-backward, float64) vs dynamax `hmm_smoother`", "",
           "Median run time in ms of the full E-step (log-likelihood, smoothed marginals, "
           "expected transition counts; compile time separate); ratio = dynamax / ours (> 1: "
@@ -208,9 +211,9 @@ def main(argv=None):
            f"T = {res['T']}, N = {res['N']} neurons, S = {res['S']} states, "
            f"{res['lags']} raw history lags (design {res['N'] * res['lags']} columns), "
            f"softplus-Poisson, {res['n_iter']} EM iterations from the same initial "
-           f"parameters. M-step: ours {res['m_steps']} L-BFGS iterations (optax.lbfgs, zoom "
-           "line search); nemos its default L-BFGS (optimistix-wrapped optax.lbfgs, up to "
-           "500 iterations, tolerance stop).", "",
+           f"parameters. M-step: ours {res['m_steps']} L-BFGS iterations (optax.lbfgs, "
+           "backtracking line search); nemos its default L-BFGS (optimistix-wrapped "
+           "optax.lbfgs, up to 500 iterations, tolerance stop).", "",
            "| | time / EM iteration (ms) | compile + first fit (s) | final log-likelihood |",
            "|---|---|---|---|",
            f"| neurodata | {1e3 * res['ours']:.1f} | {res['ours_compile']:.1f} | "
