@@ -1,0 +1,182 @@
+"""GPFA: exactness against elephant, recovery, leave-neuron-out, bad input, persistence."""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.linalg import subspace_angles
+
+import neurodata  # noqa: F401  (x64)
+from neurodata.errors import InputDataError
+from neurodata.models.gpfa import GPFA, _core, select_n_latents, simulate
+
+
+def _elephant_seqs(values: np.ndarray) -> np.ndarray:
+    return np.array([(v.shape[0], v.T.copy()) for v in values], dtype=[("T", int), ("y", "O")])
+
+
+@pytest.mark.reference
+def test_em_matches_elephant_with_mixed_lengths():
+    """Log-likelihood of each of the first 20 EM iterations equals elephant's ``em``.
+
+    Same data (trials of 7, 12 and 15 bins: odd and even lengths, three buckets), same
+    initial C, d, R, gamma, eps; timescale learning ON in both (elephant: L-BFGS-B on log
+    gamma to convergence; ours: Newton on log gamma to convergence). Matched: the LL of each
+    iteration to 1e-6 relative and the learned gamma to 1e-5 relative.
+    """
+    from elephant.gpfa import gpfa_core
+    from sklearn.decomposition import FactorAnalysis
+
+    rng = np.random.default_rng(1)
+    q, p = 12, 3
+    C = rng.normal(size=(q, p))
+    trials = []
+    for T in [12] * 8 + [15] * 5 + [7] * 3:
+        t = np.arange(T)
+        x = np.stack([np.linalg.cholesky(np.exp(-0.5 * (t[:, None] - t) ** 2 / s**2)
+                                         + 1e-6 * np.eye(T)) @ rng.normal(size=T)
+                      for s in (1.5, 3.0, 6.0)])
+        trials.append((C @ x).T + 1.0 + 0.7 * rng.normal(size=(T, q)))
+    seqs = np.array([(v.shape[0], v.T) for v in trials], dtype=[("T", int), ("y", "O")])
+    y_all = np.hstack(seqs["y"])
+    fa = FactorAnalysis(n_components=p, noise_variance_init=np.var(y_all, axis=1)).fit(y_all.T)
+    init = dict(covType="rbf", gamma=np.array([0.5, 0.1, 0.02]), eps=np.full(p, 1e-3),
+                d=y_all.mean(1), C=fa.components_.T, R=np.diag(fa.noise_variance_),
+                notes={"learnKernelParams": True, "learnGPNoise": False,
+                       "RforceDiagonal": True})
+    est, _, ref_lls, _ = gpfa_core.em(copy.deepcopy(init), seqs, max_iters=20, tol=-1.0,
+                                      freq_ll=1)
+
+    params = _core.GPFAParams(jnp.asarray(init["C"]), jnp.asarray(init["d"]),
+                              jnp.asarray(np.diag(init["R"])), jnp.log(init["gamma"]),
+                              jnp.asarray(init["eps"]))
+    buckets = [jnp.stack([jnp.asarray(v) for v in trials if v.shape[0] == T])
+               for T in (12, 15, 7)]
+    var_floor = 0.01 * np.var(y_all, axis=1, ddof=1)
+    step = jax.jit(lambda prm: _core.em_step(prm, buckets, var_floor, _core.EMOptions()))
+    ours = []
+    for _ in range(20):
+        params, ll = step(params)
+        ours.append(float(ll))
+    np.testing.assert_allclose(ours, ref_lls, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(params.log_gamma), est["gamma"], rtol=1e-5)
+    np.testing.assert_allclose(params.C, est["C"], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.reference
+def test_fit_matches_elephant_fit_end_to_end():
+    """``GPFA.fit`` on counts vs elephant's ``gpfa_core.fit`` on the same square-rooted counts.
+
+    Both initialise from sklearn FactorAnalysis (same call), 20-bin trials (elephant's
+    segmenting is then the identity). Matched: the LL of each of 20 EM iterations to 1e-6
+    relative, and the final orthonormalized latents up to sign (correlation > 0.999).
+    """
+    from elephant.gpfa import gpfa_core, gpfa_util
+
+    ds, _ = simulate(n_trials=20, n_time=20, n_neurons=15, n_latents=2,
+                     observation="poisson", seed=3)
+    counts = ds["activity"].values.astype(float)
+    seqs = _elephant_seqs(np.sqrt(counts))
+    est, info = gpfa_core.fit(seqs, x_dim=2, bin_width=20.0, tau_init=100.0,
+                              em_max_iters=20, freq_ll=1, em_tol=-1.0)
+    model = GPFA(n_latents=2, max_iter=20, tol=0.0, progress=False).fit(ds)
+    np.testing.assert_allclose(model.log_likelihoods_, info["log_likelihoods"], rtol=1e-6)
+    np.testing.assert_allclose(model.timescales_.values, 0.02 / np.sqrt(est["gamma"]),
+                               rtol=1e-4)
+
+    latent_seqs, _ = gpfa_core.exact_inference_with_ll(seqs, est)
+    _, orth_seqs = gpfa_core.orthonormalize(est, latent_seqs)
+    ref = np.hstack(orth_seqs["latent_variable_orth"])
+    ours = model.transform(ds)["latents_orth"].values.reshape(-1, 2).T
+    for k in range(2):
+        assert abs(np.corrcoef(ref[k], ours[k])[0, 1]) > 0.999
+    assert gpfa_util is not None
+
+
+def test_recovers_timescales_and_subspace():
+    ds, truth = simulate(n_trials=100, n_time=50, n_neurons=30, n_latents=3,
+                         timescales=[0.04, 0.08, 0.16], bin_size=0.02, noise_std=1.0, seed=0)
+    model = GPFA(n_latents=3, max_iter=500, tol=1e-9, progress=False).fit(ds)
+    tau = np.sort(model.timescales_.values)
+    np.testing.assert_allclose(tau, truth["timescales"], rtol=0.10)
+    angles = np.degrees(subspace_angles(model.loadings_.values, truth["loadings"]))
+    assert angles.max() < 10.0
+    lls = model.log_likelihoods_
+    assert np.all(np.diff(lls) > -1e-6 * np.abs(lls[1:]))  # EM never decreases the LL
+
+
+def test_leave_neuron_out_equals_brute_force():
+    ds, _ = simulate(n_trials=3, n_time=7, n_neurons=6, n_latents=2, seed=2)
+    model = GPFA(n_latents=2, max_iter=5, progress=False).fit(ds)
+    fast = model.predict_leave_neuron_out(ds).values
+    params = model._params()
+    y = jnp.asarray(ds["activity"].values)
+    for j in range(6):
+        keep = np.arange(6) != j
+        sub = params._replace(C=params.C[keep], d=params.d[keep], R=params.R[keep])
+        mean = _core.posterior(sub, y[:, :, keep]).mean
+        brute = np.asarray(mean @ params.C[j] + params.d[j])
+        np.testing.assert_allclose(fast[:, :, j], brute, rtol=1e-8, atol=1e-10)
+
+
+def test_leave_neuron_out_picks_true_dimensionality():
+    ds, _ = simulate(n_trials=40, n_time=20, n_neurons=24, n_latents=2, noise_std=0.7,
+                     seed=5)
+    cv = select_n_latents(ds, [1, 2, 3, 4], n_folds=2, max_iter=60, progress=False)
+    assert cv.attrs["best_n_latents"] == 2
+    assert cv["lno_error"].sel(n_latents=1) > cv["lno_error"].sel(n_latents=2)
+
+
+def test_transform_score_sample_save_load(tmp_path):
+    ds, _ = simulate(n_trials=6, n_time=9, n_neurons=7, n_latents=2, observation="poisson",
+                     seed=1)
+    model = GPFA(n_latents=2, max_iter=10, progress=False).fit(ds)
+    out = model.transform(ds)
+    assert out["latents"].shape == (6, 9, 2)
+    assert np.all(out["latents_var"].values > 0)
+    var_orth = out["latents_orth"].var(dim=("trial", "time")).values
+    assert model.variance_explained_.values[0] >= model.variance_explained_.values[1]
+    assert var_orth.shape == (2,)
+    assert np.isclose(model.score(ds), model.log_likelihoods_[-1], rtol=1e-2)
+    path = model.save(tmp_path / "gpfa.nc")
+    loaded = GPFA.load(path)
+    np.testing.assert_allclose(loaded.transform(ds)["latents"].values, out["latents"].values)
+    sample = model.sample(n_trials=3, n_time=11, seed=0)
+    assert sample["activity"].shape == (3, 11, 7)
+
+
+def test_padded_trials_of_different_lengths():
+    ds, _ = simulate(n_trials=6, n_time=10, n_neurons=6, n_latents=1, seed=4)
+    ds["activity"] = ds["activity"].astype(float)
+    ds["activity"][0, 7:] = np.nan
+    model = GPFA(n_latents=1, max_iter=5, progress=False).fit(ds)
+    out = model.transform(ds)
+    assert np.isnan(out["latents"].values[0, 7:]).all()
+    assert np.isfinite(out["latents"].values[1:]).all()
+
+
+def test_bad_input():
+    ds, _ = simulate(n_trials=4, n_time=8, n_neurons=5, n_latents=1, observation="poisson",
+                     seed=0)
+    with pytest.raises(InputDataError, match="cut_windows"):
+        GPFA(n_latents=1, progress=False).fit(ds.isel(trial=0))
+    with pytest.raises(InputDataError, match="more neurons than latents"):
+        GPFA(n_latents=5, progress=False).fit(ds)
+    silent = ds.copy(deep=True)
+    silent["activity"][:, :, 1] = 0
+    with pytest.warns(UserWarning, match="'1'"):
+        model = GPFA(n_latents=1, max_iter=3, progress=False).fit(silent)
+    assert model.dropped_neurons_.tolist() == ["1"]
+    with pytest.raises(InputDataError, match="never fire"):
+        dead = ds.copy(deep=True)
+        dead["activity"][:, :, :4] = 0
+        GPFA(n_latents=1, progress=False).fit(dead)
+    nan = ds.copy(deep=True)
+    nan["activity"] = nan["activity"].astype(float)
+    nan["activity"][2, 3, 0] = np.nan
+    with pytest.raises(InputDataError, match=r"NaN inside trials \[2\]"):
+        GPFA(n_latents=1, progress=False).fit(nan)
