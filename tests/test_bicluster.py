@@ -134,14 +134,16 @@ def test_checkpoint_resume_gives_identical_draws(tmp_path):
 
 
 def test_recovers_planted_biclusters():
-    """Reduced paper simulation (3 x 10 neurons, T = 200, 2 chains, 300 sweeps)."""
-    ds, truth = simulate(n_time=200, seed=1)
-    model = BiClustering(max_clusters=5, max_states=4, n_chains=2, n_samples=50, burn_in=200,
+    """The paper's simulation (3 x 10 neurons, T = 500), reduced run: 2 chains, 250 sweeps."""
+    ds, truth = simulate(n_time=500, seed=0)
+    model = BiClustering(max_clusters=5, max_states=4, n_chains=2, n_samples=50, burn_in=150,
                          thin=2, chunk_size=25, progress=False, seed=0).fit(ds)
     neuron_ari = adjusted_rand_score(truth["neuron_clusters"], model.neuron_clusters_.values)
     state_ari = adjusted_rand_score(truth["states"], model.state_sequence_.values)
     print(f"recovery: neuron ARI {neuron_ari:.3f}, state ARI {state_ari:.3f}")
-    assert neuron_ari >= 0.5, neuron_ari
-    assert state_ari >= 0.3, state_ari
+    # measured: neuron ARI 1.000, state ARI 0.572 (the states are still mixing at 250
+    # sweeps; the issue's targets are for the full run in the tutorial)
+    assert neuron_ari >= 0.95, neuron_ari
+    assert state_ari >= 0.5, state_ari
     assert model.neuron_coclustering_.shape == (30, 30)
     assert set(model.diagnostics_) >= {"rhat_loglik", "ess_n_clusters"}

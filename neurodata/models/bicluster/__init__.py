@@ -8,9 +8,11 @@ temporal cluster, shared by all neurons) picks ``(A, b, Q)`` and follows a stick
 (weak-limit truncation ``max_states``); the dynamics act block-diagonally, one block per
 cluster (see :mod:`neurodata.models.bicluster._core` for why). Neuron clusters are a
 ``max_clusters``-truncated Dirichlet(``gamma / K``) mixture (a sparse finite mixture: the
-number of occupied clusters
-is inferred). The sweep is in :mod:`neurodata.models.bicluster._core`; every block draws
-from its exact conditional (no history-dependent heuristics, no Laplace approximations).
+number of occupied clusters is inferred). The sweep is in
+:mod:`neurodata.models.bicluster._core`; every block draws from its exact conditional (no
+history-dependent heuristics, no Laplace approximations). Chains start from k-means
+initialisations (``init_clusters``, ``init_states``; see ``_init.py``): the kernel mixes
+slowly between partitions, so a good start matters in practice.
 
 The "poisson" observation is the negative binomial with the dispersion fixed at
 ``Priors.poisson_dispersion = 100``, as in the reference implementation. All arithmetic is
