@@ -45,6 +45,7 @@ def _scaled_likelihoods(log_likelihoods):
     return jnp.exp(log_likelihoods - shift), shift[:, 0]
 
 
+@jax.jit
 def hmm_filter(initial_probs, transition_matrix, log_likelihoods, resets=None):
     """Forward pass.
 
@@ -68,6 +69,7 @@ def hmm_filter(initial_probs, transition_matrix, log_likelihoods, resets=None):
     return jnp.sum(jnp.log(norms) + shift), filtered, norms
 
 
+@jax.jit
 def hmm_smoother(initial_probs, transition_matrix, log_likelihoods, resets=None) -> HMMPosterior:
     """Forward-backward: posterior marginals and expected transition counts.
 
@@ -107,6 +109,7 @@ def hmm_smoother(initial_probs, transition_matrix, log_likelihoods, resets=None)
     return HMMPosterior(loglik, filtered, smoothed, expected_transitions, expected_initial)
 
 
+@jax.jit
 def hmm_viterbi(initial_probs, transition_matrix, log_likelihoods, resets=None) -> jnp.ndarray:
     """Most likely state path ``(T,)`` (int), restarting at each reset."""
     resets = _resets(log_likelihoods, resets)
@@ -137,6 +140,7 @@ def hmm_viterbi(initial_probs, transition_matrix, log_likelihoods, resets=None) 
     return path
 
 
+@jax.jit
 def hmm_sample_posterior(key, initial_probs, transition_matrix, log_likelihoods, resets=None):
     """Draw one state path ``(T,)`` from ``p(z | y)`` by forward filtering, backward sampling."""
     resets = _resets(log_likelihoods, resets)
@@ -185,6 +189,7 @@ def _parallel_filter(initial_probs, transition_matrix, log_likelihoods, resets):
     return prefix.log_norm[-1, 0], prefix.probs[:, 0, :]
 
 
+@jax.jit
 def hmm_filter_parallel(initial_probs, transition_matrix, log_likelihoods, resets=None):
     """Forward pass by ``lax.associative_scan``; same results as :func:`hmm_filter`.
 
@@ -197,6 +202,7 @@ def hmm_filter_parallel(initial_probs, transition_matrix, log_likelihoods, reset
     return _parallel_filter(initial_probs, transition_matrix, log_likelihoods, resets)
 
 
+@jax.jit
 def hmm_smoother_parallel(
     initial_probs, transition_matrix, log_likelihoods, resets=None
 ) -> HMMPosterior:
