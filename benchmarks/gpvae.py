@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     if args.quick:
         n_trials, n_time, n_neurons, epochs, every = 60, 30, 30, 20, 10
-        lengths, scale_trials, scale_epochs = (20, 40, 80), 20, 4
+        lengths, scale_trials, scale_epochs = (20, 60), 20, 4
     else:
         n_trials, n_time, n_neurons, epochs, every = 300, 60, 100, 300, 25
         lengths, scale_trials, scale_epochs = (30, 60, 120, 240), 40, 4

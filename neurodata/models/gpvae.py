@@ -1049,7 +1049,10 @@ def _make_train_fns(static, spec: Spec, grid, basis, optimizer, batch_size: int,
             return (eqx.apply_updates(dyn, updates), opt_state), -value
 
         keys = jax.random.split(key, n_batches)
-        (dyn, opt_state), elbos = jax.lax.scan(step, (dyn, opt_state), (idx, weight, keys))
+        # The time-domain model's Cholesky calls inside a rolled scan hung XLA:CPU (all
+        # threads waiting) with more than one minibatch; unrolling avoids it.
+        (dyn, opt_state), elbos = jax.lax.scan(step, (dyn, opt_state), (idx, weight, keys),
+                                               unroll=not spec.fourier)
         return dyn, opt_state, elbos.mean()
 
     return epoch_fn, elbo_fn
