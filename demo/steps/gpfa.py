@@ -23,11 +23,11 @@ def run(out: Path) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     sections = []
 
-    ds, truth = simulate(n_trials=60, n_time=40, n_neurons=30, n_latents=3,
+    ds, truth = simulate(n_trials=60, n_time=30, n_neurons=24, n_latents=3,
                          timescales=[0.04, 0.08, 0.16], seed=0)
-    model = GPFA(n_latents=3, max_iter=200, progress=False).fit(ds)
-    cv = select_n_latents(ds.isel(trial=slice(0, 30)), [1, 2, 3, 4, 5], n_folds=2,
-                          max_iter=50, progress=False)
+    model = GPFA(n_latents=3, max_iter=150, progress=False).fit(ds)
+    cv = select_n_latents(ds.isel(trial=slice(0, 30)), [2, 3, 4], n_folds=2,
+                          max_iter=40, progress=False)
     figs = []
     for name, fig in (("sim_timescales", neurodata.plot.gpfa_timescales(model)),
                       ("sim_cv", neurodata.plot.gpfa_cv_curve(cv))):
@@ -49,10 +49,10 @@ def run(out: Path) -> list[dict]:
         sections.append({"title": "M1", "text": f"M1 data not available: {exc}",
                          "figures": []})
         return sections
-    trials = neurodata.preprocess.cut_windows(m1, 1.0).isel(trial=slice(0, 150))
+    trials = neurodata.preprocess.cut_windows(m1, 1.0).isel(trial=slice(0, 100))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m1_model = GPFA(n_latents=6, max_iter=40, progress=False).fit(trials)
+        m1_model = GPFA(n_latents=6, max_iter=25, progress=False).fit(trials)
     lat = m1_model.transform(trials)
     speed = np.linalg.norm(trials["behavior"].sel(behavior_channel=["vel_x", "vel_y"]).values,
                            axis=-1).mean(axis=1)
@@ -65,7 +65,7 @@ def run(out: Path) -> list[dict]:
         fig.savefig(path, dpi=90)
         figs.append(str(path))
     sections.append({
-        "title": "Stevenson 2011 M1 (150 one-second trials, 6 latents)",
+        "title": "Stevenson 2011 M1 (100 one-second trials, 6 latents)",
         "text": ("Single-trial trajectories coloured by mean hand speed; learned timescales "
                  f"{np.round(m1_model.timescales_.values * 1e3).tolist()} ms."),
         "figures": figs})

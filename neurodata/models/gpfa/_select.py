@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,6 +104,17 @@ def select_n_latents(
         raise InputDataError(f"n_folds={n_folds} must be between 2 and the number of trials "
                              f"({n_trials}).")
     folds = np.random.default_rng(seed).permutation(n_trials) % n_folds
+    # drop the neurons that are constant in some fold's training trials once, up front, so
+    # that every fold and candidate scores the same neurons
+    values = np.asarray(ds["activity"].values, dtype=float)
+    constant = np.zeros(values.shape[-1], dtype=bool)
+    for k in range(n_folds):
+        constant |= np.nanvar(values[folds != k].reshape(-1, values.shape[-1]), axis=0) <= 1e-12
+    if constant.any():
+        ids = [str(v) for v in ds["neuron_id"].values[constant]]
+        warnings.warn(f"select_n_latents drops {len(ids)} neurons that are constant in the "
+                      f"training trials of some fold: {ids}", stacklevel=2)
+        ds = ds.isel(neuron=np.flatnonzero(~constant))
     counts = ds["activity"].attrs.get("signal") == "spike_count"
     errors, bits = [], []
     for p in candidates:
