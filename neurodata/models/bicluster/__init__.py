@@ -121,7 +121,9 @@ class BiClustering(NeurodataModel):
         Posterior co-clustering probabilities.
     latents_ : xarray.DataArray
         ``(cluster, time, latent, stat)`` aligned trajectories: posterior mean and 95 %
-        band, after centring and rotating each draw to principal axes.
+        band. Each draw is centred over time; its factors are rotated onto a reference
+        draw (Procrustes), the reference being put on its principal axes with positive
+        loadings.
     dynamics_ : xarray.Dataset
         Posterior means of the per-cluster blocks of ``A``, ``b``, ``Q`` for every aligned
         state and cluster of the point estimates.
@@ -343,6 +345,7 @@ class BiClustering(NeurodataModel):
         dyn = {k: np.zeros((s_hat, n_hat, d, d)) for k in ("A", "Q")}
         dyn["b"] = np.zeros((s_hat, n_hat, d))
         dyn_n = np.zeros((s_hat, n_hat))
+        reference: dict[int, np.ndarray] = {}
         for m in range(C * M):
             cperm = align(z_flat[m], z_hat, K)
             sperm = align(xi_flat[m], xi_hat, S)
@@ -353,12 +356,16 @@ class BiClustering(NeurodataModel):
                     continue
                 mu = lat_all[m, :, k, 0]
                 x = lat_all[m, :, k, 1:] - lat_all[m, :, k, 1:].mean(axis=0)
-                _, _, vt = np.linalg.svd(x, full_matrices=False)
-                rot = vt.T
-                sign = np.sign(np.sum(load_all[m][members] @ rot, axis=0))
-                rot = rot * np.where(sign == 0, 1.0, sign)
+                if target not in reference:
+                    # the first draw fixes the convention: principal axes, positive loadings
+                    _, _, vt = np.linalg.svd(x, full_matrices=False)
+                    sign = np.sign(np.sum(load_all[m][members] @ vt.T, axis=0))
+                    reference[target] = x @ (vt.T * np.where(sign == 0, 1.0, sign))
+                # later draws: the rotation that best matches the reference (Procrustes);
+                # the model is invariant to rotating x against the loadings
+                u, _, wt = np.linalg.svd(x.T @ reference[target])
                 lat[m, target, :, 0] = mu - mu.mean()
-                lat[m, target, :, 1:] = x @ rot
+                lat[m, target, :, 1:] = x @ (u @ wt)
             # dynamics blocks of the occupied clusters, in the aligned state/cluster order
             # (raw coordinates: the rotation convention above is not applied to them)
             for s_slot in range(S):
