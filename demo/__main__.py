@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-STEPS = ["data"]
+STEPS = ["data", "gpfa", "gpvae", "hmmglm", "ntf", "bicluster", "rsa"]
 
 
 def _section_html(section: dict, out: Path) -> str:
