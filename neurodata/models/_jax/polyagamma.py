@@ -13,16 +13,16 @@ in closed form), so the draw has the exact mean ``b tanh(c/2) / (2c)`` and the e
 variance ``b (2 tanh(c/2) - c sech^2(c/2)) / (4 c^3)`` for every ``n_terms``; the shape of
 the distribution converges to PG as ``n_terms`` grows (the remainder is a sum of many small
 gammas, which a moment-matched gamma approximates closely). The gamma draws use
-Marsaglia-Tsang with a vectorised rejection loop, which is exact and in float64 much faster
-on CPU than ``jax.random.gamma`` for the large arrays (one draw per count) the bi-clustering
-sampler needs.
+Marsaglia-Tsang with a fixed number of vectorised proposal rounds (see
+:func:`sample_gamma`), which compiles fast and in float64 runs much faster on CPU than
+``jax.random.gamma`` for the large arrays (one draw per count) the bi-clustering sampler
+needs.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 _SMALL_C = 1e-3
 
@@ -43,44 +43,32 @@ def pg_variance(b: jnp.ndarray, c: jnp.ndarray) -> jnp.ndarray:
     return b * jnp.where(c < _SMALL_C, 1.0 / 24.0 - c**2 / 120.0, big)
 
 
-def sample_gamma(key: jax.Array, shape_param: jnp.ndarray) -> jnp.ndarray:
-    """Exact ``Gamma(a, 1)`` draws, elementwise over ``a > 0`` (Marsaglia-Tsang).
+def sample_gamma(key: jax.Array, shape_param: jnp.ndarray, rounds: int = 4) -> jnp.ndarray:
+    """``Gamma(a, 1)`` draws, elementwise over ``a > 0`` (Marsaglia-Tsang).
 
-    All elements propose at once; a ``while_loop`` redraws only until every element has
-    accepted (acceptance is above 95 % for every shape), so the cost is a few vectorised
-    passes. Shapes below 1 use ``Gamma(a) = Gamma(a + 1) U^{1/a}``.
+    Every element makes ``rounds`` proposals at once and keeps the first accepted one. The
+    acceptance probability is above 95 % for every shape (above 99 % once ``a >= 4``), so
+    all ``rounds = 4`` proposals are rejected with probability below ``1e-5``; that rare
+    element keeps its last proposal (clipped to the support). A fixed number of vectorised
+    rounds compiles much faster than a rejection ``while_loop`` and runs faster in float64
+    on CPU than ``jax.random.gamma``. Shapes below 1 use ``Gamma(a) = Gamma(a + 1) U^{1/a}``.
     """
     a = jnp.asarray(shape_param)
     boost = a < 1.0
     a1 = jnp.where(boost, a + 1.0, a)
     d = a1 - 1.0 / 3.0
     cc = 1.0 / jnp.sqrt(9.0 * d)
-    key, key_boost = jax.random.split(key)
-
-    def propose(k):
-        kx, ku = jax.random.split(k)
-        x = jax.random.normal(kx, a.shape, a.dtype)
-        u = jax.random.uniform(ku, a.shape, a.dtype, minval=1e-300)
-        v = (1.0 + cc * x) ** 3
-        ok = (v > 0) & (jnp.log(u) < 0.5 * x**2 + d - d * v + d * jnp.log(jnp.where(v > 0, v,
-                                                                                      1.0)))
-        return d * v, ok
-
-    def cond(carry):
-        return ~jnp.all(carry[1])
-
-    def body(carry):
-        value, accepted, k = carry
-        k, sub = jax.random.split(k)
-        new, ok = propose(sub)
-        take = ~accepted & ok
-        return jnp.where(take, new, value), accepted | ok, k
-
-    key, sub = jax.random.split(key)
-    value, accepted = propose(sub)
-    value, _, _ = lax.while_loop(cond, body, (value, accepted, key))
-    u = jax.random.uniform(key_boost, a.shape, a.dtype, minval=1e-300)
-    return jnp.where(boost, value * u ** (1.0 / jnp.where(boost, a, 1.0)), value)
+    kx, ku, kb = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (rounds, *a.shape), a.dtype)
+    u = jax.random.uniform(ku, (rounds, *a.shape), a.dtype, minval=1e-300)
+    v = (1.0 + cc * x) ** 3
+    positive = v > 0
+    safe_v = jnp.where(positive, v, 1.0)
+    ok = positive & (jnp.log(u) < 0.5 * x**2 + d - d * safe_v + d * jnp.log(safe_v))
+    first = jnp.argmax(jnp.concatenate([ok[:-1], jnp.ones_like(ok[:1])]), axis=0)
+    value = d * jnp.take_along_axis(jnp.maximum(v, 1e-12), first[None], axis=0)[0]
+    ub = jax.random.uniform(kb, a.shape, a.dtype, minval=1e-300)
+    return jnp.where(boost, value * ub ** (1.0 / jnp.where(boost, a, 1.0)), value)
 
 
 def sample_pg(key: jax.Array, b: jnp.ndarray, c: jnp.ndarray, n_terms: int = 2) -> jnp.ndarray:
