@@ -180,3 +180,33 @@ def test_bad_input():
     nan["activity"][2, 3, 0] = np.nan
     with pytest.raises(InputDataError, match=r"NaN inside trials \[2\]"):
         GPFA(n_latents=1, progress=False).fit(nan)
+
+
+@pytest.mark.reference
+def test_timescale_objective_and_gradient_match_elephant():
+    """Our M-step objective and its log-gamma gradient equal elephant's ``grad_betgam``."""
+    from elephant.gpfa import gpfa_util
+
+    rng = np.random.default_rng(0)
+    stats, precomp_seqs = [], []
+    for T, n in ((9, 4), (12, 3)):
+        mu = rng.normal(size=(n, T))
+        cov = np.cov(rng.normal(size=(T, 3 * T))) / 3
+        P = n * cov + mu.T @ mu
+        Q = np.concatenate([np.asarray(b) for b in _core.rotate(jnp.eye(T))])
+        full = Q @ P @ Q.T
+        h = (T + 1) // 2
+        stats.append((T, n, jnp.asarray(full[:h, :h]), jnp.asarray(full[h:, h:])))
+        for i in range(n):
+            precomp_seqs.append((T, mu[i:i + 1], cov[:, :, None]))
+    seqs = np.empty(len(precomp_seqs), dtype=[("T", int), ("latent_variable", "O"),
+                                              ("VsmGP", "O")])
+    for k, (T, mu, cov) in enumerate(precomp_seqs):
+        seqs[k] = (T, mu, cov)
+    precomp = gpfa_util.make_precomp(seqs, 1)
+    for log_gamma in (-3.0, -1.0, 0.5):
+        f_ref, g_ref = gpfa_util.grad_betgam(log_gamma, precomp[0], {"eps": 1e-3})
+        f, g, _ = _core._objective_derivatives(jnp.asarray(log_gamma), 1e-3, stats,
+                                               "log_gamma")
+        np.testing.assert_allclose(float(f), f_ref, rtol=1e-10)
+        np.testing.assert_allclose(float(g), g_ref, rtol=1e-8)
