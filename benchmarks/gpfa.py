@@ -73,7 +73,12 @@ def main(argv=None) -> str:
     cases = [("a", 200, 20), ("b", 50, 200)] if not args.quick else [("a", 40, 20),
                                                                         ("b", 10, 60)]
     n_iter_el = 2 if args.quick else 5
-    rows = []
+    rows: list[str] = []
+    curve: list[str] = []
+
+    def save():
+        write_result("gpfa", _markdown(q, p, n_iter_el, rows, curve))
+
     for name, n, T in cases:
         y, init, floor = _problem(n, T, q, p)
         ours, compile_s = _ours(y, init, floor, 20 if not args.quick else 5)
@@ -81,7 +86,7 @@ def main(argv=None) -> str:
         rows.append(f"| ({name}) {n} trials x {T} bins | {el * 1e3:.1f} | {ours * 1e3:.2f} | "
                     f"{el / ours:.1f}x | {compile_s:.1f} |")
         print(rows[-1], flush=True)
-    curve = []
+        save()
     lengths = [20, 50, 100, 200, 500] if not args.quick else [20, 50]
     if not args.quick:
         lengths.append(1000)
@@ -94,7 +99,12 @@ def main(argv=None) -> str:
         el_txt = f"{el * 1e3:.0f}" if np.isfinite(el) else "not run"
         curve.append(f"| {T} | {n} | {ours * 1e3:.1f} | {el_txt} | {ratio} | {compile_s:.1f} |")
         print(curve[-1], flush=True)
-    md = "\n".join([
+        save()
+    return _markdown(q, p, n_iter_el, rows, curve)
+
+
+def _markdown(q, p, n_iter_el, rows, curve) -> str:
+    return "\n".join([
         "## GPFA (neurodata JAX vs elephant 1.2.1)",
         "",
         f"Machine: {machine()}. {q} neurons, {p} latents, float64, timescale learning on in "
@@ -121,8 +131,6 @@ def main(argv=None) -> str:
         "Measured on a 2-core machine shared with other jobs: absolute times are noisy; the "
         "ratios come from back-to-back runs in one process.",
     ])
-    write_result("gpfa", md)
-    return md
 
 
 if __name__ == "__main__":
