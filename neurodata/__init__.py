@@ -13,8 +13,16 @@ themselves; each model documents its choice.
 from __future__ import annotations
 
 import importlib
+import os
 
-import jax
+# XLA's concurrency-optimised CPU scheduler deadlocks on our Cholesky-heavy while loops
+# (GPFA EM on trials of 120+ bins, the time-domain GP-VAE): the process sits idle forever.
+# XLA reads XLA_FLAGS when the backend starts, so this must run before any JAX computation.
+_XLA_CPU_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_CPU_FLAG}".strip()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
