@@ -18,6 +18,10 @@ HEADER = """# Benchmark results
 Each section is written by `benchmarks/<name>.py` (run all with `make bench`), side by side
 with the peer library in the same run. Ratios are peer time / neurodata time (higher is
 better for neurodata). JIT compile time is reported separately from run time.
+
+GPU: no GPU machine was lent to the sessions that produced these figures; every benchmark
+runs unchanged on JAX's default device, and GPU rows are still to be recorded.
+Most figures were taken while other jobs shared the 2 cores (each section says so).
 """
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib
 import os
 
-# XLA's concurrency-optimised CPU scheduler deadlocks on our Cholesky-heavy while loops
-# (GPFA EM on trials of 120+ bins, the time-domain GP-VAE): the process sits idle forever.
-# XLA reads XLA_FLAGS when the backend starts, so this must run before any JAX computation.
+# jaxlib 0.10.2's CPU runtime intermittently deadlocks in long Cholesky-heavy while loops
+# (GPFA EM on trials of 120+ bins, the time-domain GP-VAE); switching off the
+# concurrency-optimised scheduler made it rarer in our reproductions (see README, Known
+# issue). XLA reads XLA_FLAGS when the backend starts, so this runs before any computation.
 _XLA_CPU_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_CPU_FLAG}".strip()
