@@ -380,3 +380,133 @@ def test_fdr():
     p = np.random.default_rng(1).uniform(0, 0.1, 30)
     adjusted = false_discovery_control(p)
     np.testing.assert_array_equal(rsa.fdr(p, 0.05), adjusted <= 0.05)
+
+
+@pytest.mark.reference
+def test_low_rank_precision_equals_rsatoolbox(rng):
+    from rsatoolbox.data.noise import prec_from_residuals
+    for n_res, p in ((60, 30), (20, 50)):  # more and fewer residual rows than channels
+        res = rng.normal(size=(n_res, p)) @ rng.normal(size=(p, p)) * 0.3 + rng.normal(
+            size=(n_res, p))
+        for method in ("shrinkage_diag", "shrinkage_eye", "diag"):
+            low = rsa.precision_from_residuals(res, method=method, low_rank=True)
+            ref = prec_from_residuals(res.copy(), method=method)
+            np.testing.assert_allclose(low.dense(), ref, rtol=0, atol=1e-10 * np.abs(ref).max())
+    with pytest.raises(InputDataError, match="low_rank"):
+        rsa.precision_from_residuals(res, method="full", low_rank=True)
+    # crossnobis and Mahalanobis with the Woodbury form equal rsatoolbox with the dense one
+    x, obs, stim, fold = _patterns(rng, p=50)
+    ds = Dataset(obs, obs_descriptors={"stim": stim, "fold": fold})
+    low = rsa.precision_from_residuals(res, low_rank=True)
+    dense = prec_from_residuals(res.copy())
+    for method, kw in (("crossnobis", {"cv_descriptor": "fold"}), ("mahalanobis", {})):
+        ref = rsatoolbox.rdm.calc_rdm(ds, method=method, descriptor="stim", noise=dense,
+                                      **kw).get_vectors()[0]
+        ours = rsa.calc_rdm(x if method == "crossnobis" else obs, method, precision=low,
+                            stimuli=None if method == "crossnobis" else stim)
+        np.testing.assert_allclose(squareform(ours["dissimilarity"].values[0], checks=False),
+                                   ref, atol=1e-10)
+    with pytest.raises(InputDataError, match="channels"):
+        rsa.calc_rdm(x[..., :10], "crossnobis", precision=low)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(("method", "k_pattern", "k_rdm"),
+                         [("corr", 2, 2), ("spearman", 2, 2), ("cosine", 3, 1)])
+def test_cross_validated_sample_equals_rsatoolbox_internal_cv(data92, rng, method, k_pattern,
+                                                              k_rdm):
+    # one bootstrap sample, the folds rsatoolbox drew: fold evaluations and the
+    # cross-validated noise ceiling agree exactly
+    import jax.numpy as jnp
+    from rsatoolbox.inference.crossvalsets import sets_k_fold
+    from rsatoolbox.inference.evaluate import _internal_cv
+    from rsatoolbox.model import ModelFixed
+
+    from neurodata.models.rsa import inference
+    brain, models = data92
+    n = 30
+    mod = models["dissimilarity"].values[:, :n, :n]
+    dat = brain["dissimilarity"].values[:, :n, :n]
+    subj = brain["subject"].values
+    labels, group_of = np.unique(subj, return_inverse=True)
+    ms = [ModelFixed(str(i), RDMs(squareform(m, checks=False)[None])) for i, m in enumerate(mod)]
+    data = RDMs(np.array([squareform(m, checks=False) for m in dat]),
+                rdm_descriptors={"subject": subj})
+    g_draw, s_draw = rng.integers(0, 4, 4), rng.integers(0, n, n)
+    sample = data.subsample("subject", labels[g_draw]).subsample_pattern("index", s_draw)
+    np.random.seed(3)
+    ref_eval, ref_nc = _internal_cv(ms, sample, "index", "subject", s_draw, k_pattern, k_rdm,
+                                    method, None)
+    np.random.seed(3)  # the same folds again, to read them off
+    _, test_set, _ = sets_k_fold(sample, k_pattern=k_pattern, k_rdm=k_rdm, random=True,
+                                 rdm_descriptor="subject")
+    s_fold, g_fold = -np.ones((k_rdm, n), int), -np.ones(4, int)
+    for i, (rdms, stims) in enumerate(test_set):
+        r, f = divmod(i, k_pattern)
+        s_fold[r, np.unique(stims)] = f
+        g_fold[np.searchsorted(labels, np.unique(rdms.rdm_descriptors["subject"]))] = r
+    core = inference._cv_linear if method in ("corr", "cosine") else inference._cv_gather
+    ev, nc = core(jnp.asarray(mod), jnp.asarray(dat), jnp.asarray(group_of),
+                  jnp.asarray(g_draw[None]), jnp.asarray(s_draw[None]),
+                  jnp.asarray(np.broadcast_to(s_fold, (1, 3, 1, k_rdm, n))),
+                  jnp.asarray(np.broadcast_to(g_fold, (1, 3, 1, 4))), method, k_pattern, k_rdm,
+                  4)
+    np.testing.assert_allclose(np.asarray(ev)[0, 0, 0], ref_eval[0].mean(-1), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(nc)[0, 0, 0], ref_nc, atol=1e-10)
+
+
+def test_cv_correction_removes_fold_variance(rng):
+    # x_br = m_b + e_br: the correction recovers var(m) from 2 repetitions; the plain
+    # covariance of repetition means keeps var(e) / 2
+    m = rng.normal(size=(20000, 1, 1, 1)) * 0.5
+    x = m + rng.normal(size=(20000, 1, 1, 2))
+    corrected = rsa.cv_corrected_covariance(x)[0, 0, 0]
+    plain = rsa.cv_corrected_covariance(x, use_correction=False)[0, 0, 0]
+    assert corrected == pytest.approx(0.25, abs=0.02)
+    assert plain == pytest.approx(0.25 + 0.5, abs=0.03)
+
+
+@pytest.mark.reference
+def test_cv_correction_formula_equals_rsatoolbox(data92):
+    # rsatoolbox's own evaluations through our correction give its variances exactly
+    from rsatoolbox.inference import eval_dual_bootstrap
+    from rsatoolbox.model import ModelFixed
+    brain, models = data92
+    n = 20
+    sub = lambda ds: ds["dissimilarity"].values[:, :n, :n]  # noqa: E731
+    ms = [ModelFixed(str(i), RDMs(squareform(m, checks=False)[None]))
+          for i, m in enumerate(sub(models)[:3])]
+    data = RDMs(np.array([squareform(m, checks=False) for m in sub(brain)]),
+                rdm_descriptors={"subject": brain["subject"].values})
+    np.random.seed(0)
+    import contextlib
+    import io
+    with contextlib.redirect_stderr(io.StringIO()):
+        ref = eval_dual_bootstrap(ms, data, method="corr", N=6, k_pattern=2, k_rdm=2,
+                                  rdm_descriptor="subject")
+    ok = ~np.isnan(ref.evaluations[:, 0, 0, 0, 0])
+    evals = ref.evaluations[ok].mean(2)  # (B, model, cv, kind)
+    nc = ref.noise_ceiling[:, ok].transpose(1, 0, 2, 3)  # (B, bound, cv, kind)
+    x = np.concatenate([evals, nc], 1).transpose(0, 1, 3, 2)  # (B, var, kind, cv)
+    ours = rsa.cv_corrected_covariance(x)
+    np.testing.assert_allclose(ours.transpose(2, 0, 1), ref.variances, atol=1e-12)
+
+
+@pytest.mark.reference
+def test_cross_validated_dual_bootstrap_matches_rsatoolbox(data92):
+    # rsatoolbox 0.3.2 eval_dual_bootstrap(method='corr', k_pattern=2, k_rdm=2, n_cv=2,
+    # rdm_descriptor='subject', N=1000), run once (1100 s on the shared 2-core machine)
+    ref_mean = [0.3138, 0.2293, 0.2670, 0.1960, 0.1236, 0.0222, 0.0894, 0.0255]
+    ref_sem = [0.0577, 0.0424, 0.0397, 0.0365, 0.0397, 0.0435, 0.0413, 0.0321]
+    brain, models = data92
+    res = rsa.dual_bootstrap(models, brain, key=jax.random.key(1), subjects=brain["subject"],
+                             method="corr", n_bootstrap=400, k_pattern=2, k_rdm=2)
+    # Monte-Carlo error of a mean over 400 samples ~ 0.05 / 20; of a s.e. ~ 5 %
+    np.testing.assert_allclose(res["mean"].values, ref_mean, atol=0.012)
+    np.testing.assert_allclose(res["sem"].values, ref_sem, rtol=0.2)
+    np.testing.assert_allclose(res["noise_ceiling"].values, [0.2661, 0.5639], atol=0.01)
+    assert res.attrs["cv_correction"] == 1
+    with pytest.raises(InputDataError, match="n_cv"):
+        rsa.dual_bootstrap(models, brain, key=jax.random.key(0), k_pattern=2, n_cv=1)
+    with pytest.raises(InputDataError, match="k_rdm"):
+        rsa.dual_bootstrap(models, brain, key=jax.random.key(0), k_rdm=9)

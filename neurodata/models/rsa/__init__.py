@@ -25,10 +25,17 @@ from neurodata.models.rsa.encoding import (
     ridge_predictivity,
     split_half_ceiling,
 )
-from neurodata.models.rsa.inference import dual_bootstrap, fdr, noise_ceiling, pairwise_tests
+from neurodata.models.rsa.inference import (
+    cv_corrected_covariance,
+    dual_bootstrap,
+    fdr,
+    noise_ceiling,
+    pairwise_tests,
+)
 from neurodata.models.rsa.layer_map import layer_area_map
 from neurodata.models.rsa.rdm import (
     METHODS,
+    LowRankPrecision,
     as_rdms,
     calc_rdm,
     condensed,
@@ -63,12 +70,14 @@ __all__ = [
     "ridge_predictivity",
     "split_half_ceiling",
     "METHODS",
+    "LowRankPrecision",
     "RGTM_CLASSES",
     "adjacency",
     "as_rdms",
     "calc_rdm",
     "compare",
     "condensed",
+    "cv_corrected_covariance",
     "dual_bootstrap",
     "fdr",
     "geodesic",

@@ -26,7 +26,8 @@ from neurodata.errors import InputDataError
 from neurodata.models.rsa.compare import _VECTOR, masked_ranks, vector_similarity
 from neurodata.models.rsa.rdm import as_rdms
 
-__all__ = ["dual_bootstrap", "fdr", "noise_ceiling", "pairwise_tests"]
+__all__ = ["cv_corrected_covariance", "dual_bootstrap", "fdr", "noise_ceiling",
+           "pairwise_tests"]
 
 _KINDS = ("both", "rdm", "pattern")
 
@@ -110,19 +111,19 @@ def _linear_products(models: jax.Array, data: jax.Array) -> jax.Array:
     return mats.reshape(mats.shape[0], n * n)
 
 
-def _pool_similarity(c_mat: jax.Array, v: jax.Array) -> jax.Array:
-    # similarity of each RDM with the pool sum_k v_k z_k, z_k normalised by sqrt(C_kk); the
-    # comparator is invariant to the pool's scale and offset, so C (centred for corr,
-    # uncentred for cosine) is all it needs
-    a = v / jnp.sqrt(jnp.diag(c_mat))
+def _pool_similarity(c_mat: jax.Array, v: jax.Array, c_norm: jax.Array | None = None) -> jax.Array:
+    # similarity of each RDM with the pool sum_k v_k z_k, z_k normalised by sqrt(N_kk) (N the
+    # second moments on the pairs the pool was normalised on: ``c_norm``, default ``c_mat``);
+    # the comparator is invariant to the pool's scale and offset, so the second moments C on
+    # the compared pairs (centred for corr, uncentred for cosine) are all it needs
+    a = v / jnp.sqrt(jnp.diag(c_mat if c_norm is None else c_norm))
     num = a @ c_mat
     den = jnp.sqrt((a @ c_mat @ a) * jnp.diag(c_mat))
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def _linear_stats(q: jax.Array, n_m: int, n_d: int, w: jax.Array, group_of: jax.Array,
-                  group_counts: jax.Array, method: str):
-    """Evaluations and noise ceiling from the quadratic forms ``q`` of one sample."""
+def _split_moments(q: jax.Array, n_m: int, n_d: int, method: str):
+    """Second moments (model-model diag, model-data, data-data) from the pair sums ``q``."""
     n_p = q[0]
     sm = q[1:1 + n_m]
     sd = q[1 + n_m:1 + n_m + n_d]
@@ -134,6 +135,13 @@ def _linear_stats(q: jax.Array, n_m: int, n_d: int, w: jax.Array, group_of: jax.
         smd = smd - sm[:, None] * sd[None] / n_p
         smm = smm - sm**2 / n_p
         sdd = sdd - sd[:, None] * sd[None] / n_p
+    return smm, smd, sdd
+
+
+def _linear_stats(q: jax.Array, n_m: int, n_d: int, w: jax.Array, group_of: jax.Array,
+                  group_counts: jax.Array, method: str):
+    """Evaluations and noise ceiling from the quadratic forms ``q`` of one sample."""
+    smm, smd, sdd = _split_moments(q, n_m, n_d, method)
     sims = smd / jnp.sqrt(smm[:, None] * jnp.diag(sdd)[None])
     evals = (sims @ w) / jnp.sum(w)
     mine = (group_of[None, :] == jnp.arange(group_counts.shape[0])[:, None]).astype(w.dtype)
@@ -171,6 +179,208 @@ def _bootstrap_linear(models, data, group_of, group_draws, stim_draws, method):
     return jax.vmap(one)(q, g_counts)
 
 
+def _assign_folds(u: jax.Array, present: jax.Array, k: int) -> jax.Array:
+    """Random k-fold assignment of the present items, as rsatoolbox's ``sets_k_fold``.
+
+    The present items in the random order of ``u`` fill folds of ``n // k`` items; the
+    ``n % k`` left over (the last ones) go to folds 0, 1, ... Absent items get fold -1.
+    """
+    # position of each present item in the random order (a comparison count: XLA's CPU
+    # sort is slow for many short rows)
+    j = jnp.arange(u.shape[-1])
+    before = (u[..., None, :] < u[..., :, None]) | (
+        (u[..., None, :] == u[..., :, None]) & (j[None, :] < j[:, None]))
+    pos = jnp.sum(present[..., None, :] & before, -1)
+    n_u = jnp.sum(present, -1, keepdims=True)
+    size = jnp.maximum(n_u // k, 1)
+    fold = jnp.where(pos < k * (n_u // k), pos // size, n_u - 1 - pos)
+    return jnp.where(present, fold, -1)
+
+
+def _fold_weights(w: jax.Array, rdm_fold: jax.Array, k_rdm: int):
+    # test RDMs of each RDM fold, and the RDMs whose pool gives the lower bound: the other
+    # folds (with k_rdm = 1 rsatoolbox trains on the test RDMs themselves)
+    test = w[None] * (rdm_fold[None] == jnp.arange(k_rdm)[:, None])
+    train = w[None] - test if k_rdm > 1 else test
+    return test, train
+
+
+def _linear_cv_stats(q_folds, q_full, n_m, n_d, w, rdm_fold, k_rdm, method):
+    """Fold-averaged evaluations and cross-validated noise ceiling of one sample.
+
+    ``q_folds[r, f]`` are the pair sums over the test stimuli of pattern fold f within RDM
+    fold r (rsatoolbox draws the pattern folds afresh for every RDM fold), ``q_full`` over
+    all sampled stimuli: the upper bound pools RDMs normalised on these, as rsatoolbox's
+    ``cv_noise_ceiling``; the lower bound pools the training RDMs normalised on the test
+    stimuli.
+    """
+    sdd_full = _split_moments(q_full, n_m, n_d, method)[2]
+    test, train = _fold_weights(w, rdm_fold, k_rdm)
+
+    def one(q, w_test, w_train):
+        smm, smd, sdd = _split_moments(q, n_m, n_d, method)
+        den = jnp.sqrt(smm[:, None] * jnp.diag(sdd)[None])
+        sims = jnp.where(den > 0, smd / jnp.where(den > 0, den, 1.0), 0.0)
+        bounds = jnp.stack([_pool_similarity(sdd, w_train), _pool_similarity(sdd, w, sdd_full)])
+        return sims @ w_test / w_test.sum(), bounds @ w_test / w_test.sum()
+
+    ev, nc = jax.vmap(jax.vmap(one, (0, None, None)))(q_folds, test, train)
+    return ev.mean((0, 1)), nc.mean((0, 1))
+
+
+def _kind_inputs(counts, g_counts):
+    # the three resampling kinds: both, subjects only (all stimuli), stimuli only (all RDMs)
+    ones_s, ones_g = jnp.ones_like(counts), jnp.ones_like(g_counts)
+    return jnp.stack([counts, ones_s, counts], 1), jnp.stack([g_counts, g_counts, ones_g], 1)
+
+
+@partial(jax.jit, static_argnames=("method", "k_pattern", "k_rdm", "batch_size"))
+def _cv_linear(models, data, group_of, group_draws, stim_draws, stim_folds, group_folds,
+               method, k_pattern, k_rdm, batch_size):
+    """Dual bootstrap with internal k-fold cross-validation, corr / cosine.
+
+    ``stim_folds (B, 3, n_cv, k_rdm, n)`` and ``group_folds (B, 3, n_cv, n_group)`` give the
+    fold of every stimulus (within each RDM fold) and subject for each sample, kind and
+    cross-validation repetition. Returns
+    evaluations ``(B, 3, n_cv, n_model)`` and noise ceilings ``(B, 3, n_cv, 2)``.
+    """
+    n_m, n = models.shape[:2]
+    n_d, n_group = data.shape[0], group_draws.shape[1]
+    prods = _linear_products(models, data)
+    counts = jax.vmap(lambda s: jnp.zeros(n).at[s].add(1.0))(stim_draws)
+    g_counts = jax.vmap(lambda g: jnp.zeros(n_group).at[g].add(1.0))(group_draws)
+    s_counts, g_kind = _kind_inputs(counts, g_counts)  # (B, 3, n), (B, 3, n_group)
+    in_fold = stim_folds[..., None, :] == jnp.arange(k_pattern)[:, None]  # (B,3,R,kr,kp,n)
+    rows = jnp.concatenate([s_counts.reshape(-1, n),
+                            (s_counts[:, :, None, None, None] * in_fold).reshape(-1, n)])
+    q = jax.lax.map(lambda c: jnp.outer(c, c).reshape(-1) @ prods.T / 2, rows,
+                    batch_size=batch_size)
+    n_full = s_counts.shape[0] * 3
+    q_full = q[:n_full].reshape(*s_counts.shape[:2], -1)
+    q_folds = q[n_full:].reshape(*in_fold.shape[:5], -1)
+
+    def one(qf, qa, gc, gf):
+        return _linear_cv_stats(qf, qa, n_m, n_d, gc[group_of], gf[group_of], k_rdm, method)
+
+    per_rep = jax.vmap(one, (0, None, None, 0))
+    return jax.vmap(jax.vmap(per_rep))(q_folds, q_full, g_kind, group_folds)
+
+
+def _gather_cv_stats(models, data, w, rdm_fold, idx, stim_fold, method, k_pattern, k_rdm):
+    """As :func:`_linear_cv_stats` for any masked comparator, on gathered RDM vectors."""
+    n = idx.shape[0]
+    iu, ju = np.triu_indices(n, 1)
+    a, b = idx[iu], idx[ju]
+    full = a != b
+    mv, dv = models[:, a, b], data[:, a, b]
+    pool_all = w @ _normalise(dv, full, method)
+    test, train = _fold_weights(w, rdm_fold, k_rdm)
+
+    def one(slot_fold, f, w_test, w_train):
+        inside = slot_fold == f
+        mask = full & inside[iu] & inside[ju]
+        sims = vector_similarity(mv, dv, mask, method)
+        pools = jnp.stack([w_train @ _normalise(dv, mask, method), pool_all])
+        bounds = vector_similarity(pools, dv, mask, method)
+        return sims @ w_test / w_test.sum(), bounds @ w_test / w_test.sum()
+
+    folds = jnp.arange(k_pattern)
+    ev, nc = jax.vmap(lambda sf, te, tr: jax.vmap(one, (None, 0, None, None))(
+        sf[idx], folds, te, tr))(stim_fold, test, train)
+    return ev.mean((0, 1)), nc.mean((0, 1))
+
+
+@partial(jax.jit, static_argnames=("method", "k_pattern", "k_rdm", "batch_size"))
+def _cv_gather(models, data, group_of, group_draws, stim_draws, stim_folds, group_folds,
+               method, k_pattern, k_rdm, batch_size):
+    """:func:`_cv_linear` for the rank comparators (resampled RDMs gathered, in batches)."""
+    n = data.shape[1]
+    n_group = group_draws.shape[1]
+    all_stim = jnp.arange(n)
+
+    def sample(draw):
+        g, s, sf, gf = draw
+        gc = jnp.zeros(n_group).at[g].add(1.0)
+        idx = jnp.stack([s, all_stim, s])
+        gk = jnp.stack([gc, gc, jnp.ones(n_group)])
+
+        def kind(i, gck, sfk, gfk):
+            return jax.vmap(lambda a, b: _gather_cv_stats(
+                models, data, gck[group_of], b[group_of], i, a, method, k_pattern, k_rdm))(
+                    sfk, gfk)
+
+        return jax.vmap(kind)(idx, gk, sf, gf)
+
+    return jax.lax.map(sample, (group_draws, stim_draws, stim_folds, group_folds),
+                       batch_size=batch_size)
+
+
+def _bits(key: jax.Array, shape: tuple) -> jax.Array:
+    # random uint32 from XLA's RngBitGenerator seeded by the caller's key: compiling a
+    # threefry draw of ~10^6 numbers takes seconds on CPU, this takes milliseconds
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    data = data.astype(jnp.uint32).reshape(-1)[:2]
+    rbg = jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)]),
+                                   impl="rbg")
+    return jax.random.bits(rbg, shape, dtype=jnp.uint32)
+
+
+@partial(jax.jit, static_argnums=(4, 5, 6, 7, 8))
+def _random_folds(key_s, key_g, group_draws, stim_draws, n_group, n_stim, n_cv, k_pattern,
+                  k_rdm):
+    """Random fold assignments ``(B, 3, n_cv, k_rdm, n)`` and ``(B, 3, n_cv, n_group)``."""
+    n_b = stim_draws.shape[0]
+    counts = jax.vmap(lambda s: jnp.zeros(n_stim).at[s].add(1.0))(stim_draws)
+    g_counts = jax.vmap(lambda g: jnp.zeros(n_group).at[g].add(1.0))(group_draws)
+    s_kind, g_kind = _kind_inputs(counts, g_counts)
+    u_s = _bits(key_s, (n_b, 3, n_cv, k_rdm, n_stim))
+    u_g = _bits(key_g, (n_b, 3, n_cv, n_group))
+    return (_assign_folds(u_s, (s_kind > 0)[:, :, None, None], k_pattern),
+            _assign_folds(u_g, (g_kind > 0)[:, :, None], k_rdm))
+
+
+def cv_corrected_covariance(samples: Any, *, use_correction: bool = True) -> np.ndarray:
+    """Bootstrap covariance corrected for the variance of random cross-validation folds.
+
+    With ``R`` random fold assignments per bootstrap sample, an evaluation is
+    ``x_br = m_b + e_br``: ``m_b`` the mean over all possible assignments (what the bootstrap
+    should measure) and ``e_br`` the assignment noise (mean 0, covariance ``S_e``). The
+    covariance over samples of the mean over repetitions estimates ``S_m + S_e / R``; the
+    covariance of single repetitions (averaged over them) estimates ``S_m + S_e``. Solving
+    the two for ``S_m`` gives ``(R V_mean - V_1) / (R - 1)``, rsatoolbox's correction
+    (``bootstrap_crossval`` / ``eval_dual_bootstrap``).
+
+    Parameters
+    ----------
+    samples
+        ``(n_bootstrap, n_variable, n_kind, R)``.
+    use_correction
+        If False (or ``R == 1``), return the covariance of the repetition means.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_variable, n_variable, n_kind)``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> m = rng.normal(size=(4000, 1, 1, 1)); x = m + 2 * rng.normal(size=(4000, 1, 1, 2))
+    >>> round(float(cv_corrected_covariance(x)[0, 0, 0]), 1)
+    1.0
+    """
+    x = np.asarray(samples, dtype=float)
+    n_b, n_rep = x.shape[0], x.shape[-1]
+    mean = x.mean(-1)
+    c = mean - mean.mean(0)
+    v_mean = np.einsum("ijk,ilk->jlk", c, c) / (n_b - 1)
+    if not use_correction or n_rep == 1:
+        return v_mean
+    c1 = x - x.mean(0)
+    v_1 = np.einsum("ijkr,ilkr->jlk", c1, c1) / (n_b - 1) / n_rep
+    return (n_rep * v_mean - v_1) / (n_rep - 1)
+
+
 def _dual_variance(v: np.ndarray, n_rdm: int, n_pattern: int) -> np.ndarray:
     # v[..., kind]: variances under (both, rdm, pattern) resampling; small-sample formula
     both, rdm, pat = v[..., 0], v[..., 1], v[..., 2]
@@ -196,6 +406,10 @@ def dual_bootstrap(
     subjects: Any = None,
     method: str = "corr",
     n_bootstrap: int = 1000,
+    k_pattern: int = 1,
+    k_rdm: int = 1,
+    n_cv: int = 2,
+    use_correction: bool = True,
     batch_size: int = 64,
 ) -> xr.Dataset:
     """Evaluate fixed model RDMs on data RDMs with the dual bootstrap.
@@ -203,7 +417,15 @@ def dual_bootstrap(
     Each bootstrap sample draws subjects and stimuli with replacement and evaluates the
     models three times: resampling both, only subjects, only stimuli. The mean evaluation
     is averaged over the three; the variance combines them with the dual-bootstrap formula
-    (rsatoolbox's ``eval_dual_bootstrap`` with ``k_pattern = k_rdm = 1``).
+    (rsatoolbox's ``eval_dual_bootstrap``).
+
+    With ``k_pattern > 1`` or ``k_rdm > 1`` every evaluation is cross-validated inside the
+    sample: stimuli (and subjects) are split at random into k folds, models are evaluated on
+    the pairs within each test fold (and the RDMs of the test subjects), and the noise
+    ceiling is the cross-validated one (lower bound: the pool of the training subjects;
+    upper: the pool of all). This is repeated ``n_cv`` times per sample with fresh folds,
+    and the variance caused by the random folds is removed with
+    :func:`cv_corrected_covariance` (the cross-validation correction).
 
     Parameters
     ----------
@@ -218,6 +440,14 @@ def dual_bootstrap(
         ``corr``, ``cosine``, ``spearman`` or ``rho-a``.
     n_bootstrap
         Number of bootstrap samples.
+    k_pattern, k_rdm
+        Cross-validation folds over stimuli and subjects inside each sample (1: none). A
+        sample with fewer than ``3 k_pattern`` distinct stimuli or ``k_rdm`` distinct
+        subjects is dropped, as in rsatoolbox.
+    n_cv
+        Random fold assignments per sample (used when a k exceeds 1).
+    use_correction
+        Apply the cross-validation correction (needs ``n_cv >= 2``).
     batch_size
         Samples evaluated at once (memory vs speed).
 
@@ -263,25 +493,48 @@ def dual_bootstrap(
         raise InputDataError("the dual bootstrap needs data RDMs from at least 2 subjects.")
     if n_bootstrap < 2:
         raise InputDataError(f"n_bootstrap={n_bootstrap}; use at least 2 (1000 is usual).")
-    k_group, k_stim = jax.random.split(key)
-    group_draws = jax.random.randint(k_group, (n_bootstrap, n_group), 0, n_group)
-    stim_draws = jax.random.randint(k_stim, (n_bootstrap, n_stim), 0, n_stim)
-    if method in ("corr", "cosine"):
-        evals, nc = _bootstrap_linear(jnp.asarray(models), jnp.asarray(data),
-                                      jnp.asarray(group_of), group_draws, stim_draws, method)
-    else:
-        evals, nc = _bootstrap_core(
-            jnp.asarray(models), jnp.asarray(data), jnp.asarray(group_of), group_draws,
-            stim_draws, method, min(batch_size, n_bootstrap),
+    cv = k_pattern > 1 or k_rdm > 1
+    if not (1 <= k_rdm <= n_group and 1 <= k_pattern <= n_stim // 3):
+        raise InputDataError(
+            f"k_rdm={k_rdm} and k_pattern={k_pattern}; use 1 <= k_rdm <= {n_group} subjects "
+            f"and 1 <= k_pattern <= {n_stim // 3} (every test fold needs 3 stimuli)."
         )
-    evals, nc = np.asarray(evals), np.asarray(nc)
-    # samples with fewer than 3 distinct stimuli cannot be evaluated (rsatoolbox: NaN)
-    ok = np.array([len(np.unique(s)) >= 3 for s in np.asarray(stim_draws)])
+    if cv and n_cv < 1:
+        raise InputDataError(f"n_cv={n_cv}; use at least 1 fold assignment (2 is usual).")
+    if cv and use_correction and n_cv < 2:
+        raise InputDataError(
+            "the cross-validation correction needs n_cv >= 2 fold assignments per sample; "
+            "set n_cv=2 or use_correction=False."
+        )
+    keys = jax.random.split(key, 4 if cv else 2)
+    group_draws = jax.random.randint(keys[0], (n_bootstrap, n_group), 0, n_group)
+    stim_draws = jax.random.randint(keys[1], (n_bootstrap, n_stim), 0, n_stim)
+    args = (jnp.asarray(models), jnp.asarray(data), jnp.asarray(group_of), group_draws,
+            stim_draws)
+    batch = min(batch_size, n_bootstrap)
+    if cv:
+        folds = _random_folds(keys[2], keys[3], group_draws, stim_draws, n_group, n_stim,
+                              n_cv, k_pattern, k_rdm)
+        core = _cv_linear if method in ("corr", "cosine") else _cv_gather
+        evals, nc = core(*args, *folds, method, k_pattern, k_rdm,
+                         batch * (8 if core is _cv_linear else 1))
+        # (B, 3, R, J) -> (B, J, 3, R)
+        evals, nc = (np.moveaxis(np.asarray(x), (1, 2), (2, 3)) for x in (evals, nc))
+    else:
+        if method in ("corr", "cosine"):
+            evals, nc = _bootstrap_linear(*args, method)
+        else:
+            evals, nc = _bootstrap_core(*args, method, batch)
+        evals, nc = np.asarray(evals)[..., None], np.asarray(nc)[..., None]
+    # samples that cannot be evaluated (too few distinct stimuli or subjects for the folds)
+    # are dropped, as rsatoolbox's NaN samples
+    ok = np.array([len(np.unique(s)) >= 3 * k_pattern for s in np.asarray(stim_draws)])
+    ok &= np.array([len(np.unique(g)) >= k_rdm for g in np.asarray(group_draws)])
     evals, nc = evals[ok], nc[ok]
     n_model = models.shape[0]
-    stacked = np.concatenate([evals, nc], 1)  # (sample, model + 2, kind)
-    centred = stacked - stacked.mean(0, keepdims=True)
-    cov = np.einsum("ijk,ilk->jlk", centred, centred) / (stacked.shape[0] - 1)
+    cov = cv_corrected_covariance(np.concatenate([evals, nc], 1),
+                                  use_correction=use_correction)
+    evals, nc = evals.mean(-1), nc.mean(-1)
     model_var = _dual_variance(np.einsum("jjk->jk", cov)[:n_model], n_data, n_stim)
     c = _pairwise_contrast(n_model)
     diff_var = _dual_variance(np.einsum("pj,jlk,pl->pk", c, cov[:n_model, :n_model], c),
@@ -319,7 +572,8 @@ def dual_bootstrap(
         coords={"model": names, "model_": names, "kind": list(_KINDS),
                 "bound": ["lower", "upper"]},
         attrs={"method": method, "dof": dof, "n_bootstrap": int(ok.sum()),
-               "n_rdm": n_data, "n_stimulus": n_stim},
+               "n_rdm": n_data, "n_stimulus": n_stim, "k_pattern": k_pattern, "k_rdm": k_rdm,
+               "n_cv": n_cv if cv else 1, "cv_correction": int(cv and use_correction)},
     )
 
 

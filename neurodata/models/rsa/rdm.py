@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ from neurodata.errors import InputDataError
 
 __all__ = [
     "METHODS",
+    "LowRankPrecision",
     "as_rdms",
     "calc_rdm",
     "condensed",
@@ -211,9 +212,77 @@ def _shrinkage_eye(x: jax.Array, dof: jax.Array) -> jax.Array:
     return (b2 / d2 * m * jnp.eye(p) + (d2 - b2) / d2 * s) * n / dof
 
 
+class LowRankPrecision(NamedTuple):
+    """A precision matrix ``diag(inv_diag) - factor @ core @ factor.T``, never formed.
+
+    This is the inverse of a shrinkage covariance ``D + c X^T X`` (D diagonal, X the
+    ``(n_obs, P)`` residuals) by the Woodbury identity: ``factor = D^-1 X^T`` ``(P, n_obs)``
+    and ``core = c (I + c X D^-1 X^T)^-1``. With many more channels than residual rows it
+    costs ``O(P n_obs)`` memory instead of ``O(P^2)``; :func:`calc_rdm` uses it directly.
+    """
+
+    inv_diag: jax.Array
+    factor: jax.Array
+    core: jax.Array
+
+    def dense(self) -> np.ndarray:
+        """The full ``(P, P)`` precision matrix."""
+        f = np.asarray(self.factor)
+        return np.diag(np.asarray(self.inv_diag)) - f @ np.asarray(self.core) @ f.T
+
+
+@jax.jit
+def _bilinear(x: jax.Array, y: jax.Array, prec: Any) -> jax.Array:
+    """``x Lambda y^T`` for Lambda None (identity), dense, or :class:`LowRankPrecision`."""
+    if prec is None:
+        return x @ y.T
+    if isinstance(prec, LowRankPrecision):
+        xf, yf = x @ prec.factor, y @ prec.factor
+        return (x * prec.inv_diag) @ y.T - xf @ prec.core @ yf.T
+    return x @ prec @ y.T
+
+
+@jax.jit
+def _shrinkage_diag_parts(x: jax.Array, dof: jax.Array):
+    # the diagonal D and low-rank weight c of Schaefer-Strimmer's covariance
+    # (1 - lambda) S + lambda diag(S), S = X^T X / dof, with lambda from n x n products only
+    n = x.shape[0]
+    var = jnp.sum(x**2, 0) / dof
+    z = x / jnp.sqrt(var)
+    row = jnp.sum(z**2, 1)  # sum_i z_ki^2
+    col = jnp.sum(z**2, 0)  # diag of Z^T Z
+    gram = z @ z.T
+    off_s2 = (jnp.sum(gram**2) - jnp.sum(col**2)) / (n - 1) ** 2
+    off_s2_mean = (jnp.sum(row**2) - jnp.sum(z**4)) / (n - 1)
+    lamb = jnp.clip(n / dof**2 * (off_s2_mean - off_s2) / off_s2, 0.0, 1.0)
+    return lamb * var, (1.0 - lamb) / dof
+
+
+@jax.jit
+def _shrinkage_eye_parts(x: jax.Array, dof: jax.Array):
+    # Ledoit-Wolf (b2/d2) m I + (d2 - b2)/d2 S, scaled by n / dof, from n x n products only
+    n, p = x.shape
+    row = jnp.sum(x**2, 1)
+    gram2 = jnp.sum((x @ x.T) ** 2) / n**2  # ||S||_F^2
+    b2 = (jnp.sum(row**2) / n - gram2) / n
+    m = jnp.sum(row) / (n * p)
+    d2 = gram2 - 2 * m * jnp.sum(row) / n + m**2 * p
+    b2 = jnp.minimum(d2, b2)
+    return jnp.full(p, b2 / d2 * m * n / dof), (d2 - b2) / (d2 * dof)
+
+
+@jax.jit
+def _woodbury(x: jax.Array, diag: jax.Array, c: jax.Array) -> LowRankPrecision:
+    inv_diag = 1.0 / diag
+    factor = (x * inv_diag).T
+    core = c * jnp.linalg.inv(jnp.eye(x.shape[0]) + c * (x @ factor))
+    return LowRankPrecision(inv_diag, factor, core)
+
+
 def precision_from_residuals(
-    residuals: Any, *, method: str = "shrinkage_diag", dof: int | None = None
-) -> np.ndarray:
+    residuals: Any, *, method: str = "shrinkage_diag", dof: int | None = None,
+    low_rank: bool = False,
+) -> np.ndarray | LowRankPrecision:
     """Noise precision matrix from residuals ``(n_obs, n_channel)``.
 
     Parameters
@@ -225,10 +294,14 @@ def precision_from_residuals(
         (Ledoit-Wolf), ``"diag"`` or ``"full"``; as ``rsatoolbox.data.prec_from_residuals``.
     dof
         Degrees of freedom (default ``n_obs - 1``; subtract the GLM regressors if any).
+    low_rank
+        Return a :class:`LowRankPrecision` (Woodbury form; ``shrinkage_diag``,
+        ``shrinkage_eye`` and ``diag``): the same matrix without forming or inverting any
+        ``(P, P)`` array, much faster when ``P`` exceeds the number of residual rows.
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray or LowRankPrecision
         ``(n_channel, n_channel)`` precision (float64).
 
     Examples
@@ -247,6 +320,21 @@ def precision_from_residuals(
         raise InputDataError("residuals holds NaN or infinite values; drop those rows.")
     x = jnp.asarray(x - x.mean(0, keepdims=True))
     dof_ = jnp.asarray(float(x.shape[0] - 1 if dof is None else dof))
+    if low_rank:
+        parts = {"shrinkage_diag": _shrinkage_diag_parts, "shrinkage_eye": _shrinkage_eye_parts,
+                 "diag": lambda x, d: (jnp.sum(x**2, 0) / d, jnp.zeros(()))}
+        if method not in parts:
+            raise InputDataError(
+                f"method={method!r} with low_rank=True; the full sample covariance has no "
+                "diagonal part to invert: use 'shrinkage_diag', 'shrinkage_eye' or 'diag'."
+            )
+        diag, c = parts[method](x, dof_)
+        if not bool(jnp.all(diag > 0)):
+            raise InputDataError(
+                "residuals has channels with zero variance (or no shrinkage); drop them or "
+                "use low_rank=False."
+            )
+        return _woodbury(x, diag, c)
     if method == "shrinkage_diag":
         cov = _shrinkage_diag(x, dof_)
     elif method == "shrinkage_eye":
@@ -283,8 +371,8 @@ def _correlation(u: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _mahalanobis(u: jax.Array, prec: jax.Array) -> jax.Array:
-    return _from_kernel(u @ prec @ u.T, u.shape[1])
+def _mahalanobis(u: jax.Array, prec: Any) -> jax.Array:
+    return _from_kernel(_bilinear(u, u, prec), u.shape[1])
 
 
 def _smooth(u: jax.Array, prior_lambda: float, prior_weight: float) -> jax.Array:
@@ -300,9 +388,11 @@ def _poisson(u: jax.Array, prior_lambda: float, prior_weight: float) -> jax.Arra
 @partial(jax.jit, static_argnames=("n_stim", "n_fold"))
 def _fold_means(x: jax.Array, stim: jax.Array, fold: jax.Array, n_stim: int, n_fold: int):
     # per-fold, per-condition means with counts: unbalanced designs become masks
-    onehot = jax.nn.one_hot(fold * n_stim + stim, n_fold * n_stim, dtype=x.dtype)
-    counts = onehot.sum(0).reshape(n_fold, n_stim)
-    sums = (onehot.T @ x).reshape(n_fold, n_stim, x.shape[1])
+    seg = fold * n_stim + stim
+    counts = jax.ops.segment_sum(jnp.ones_like(seg, x.dtype), seg, n_fold * n_stim)
+    sums = jax.ops.segment_sum(x, seg, n_fold * n_stim)
+    counts = counts.reshape(n_fold, n_stim)
+    sums = sums.reshape(n_fold, n_stim, x.shape[1])
     return sums / jnp.maximum(counts, 1)[..., None], counts > 0
 
 
@@ -310,8 +400,7 @@ def _fold_means(x: jax.Array, stim: jax.Array, fold: jax.Array, n_stim: int, n_f
 def _crossnobis_observations(x, stim, fold, prec, n_stim: int) -> jax.Array:
     # unbalanced designs: average the inner products over all pairs of single observations
     # from different folds (rsatoolbox's calc_rdm_unbalanced, weighting='number')
-    w = x if prec is None else x @ prec
-    k = w @ x.T
+    k = _bilinear(x, x, prec)
     cross = (fold[:, None] != fold[None, :]).astype(x.dtype)
     onehot = jax.nn.one_hot(stim, n_stim, dtype=x.dtype)
     mean_k = (onehot.T @ (k * cross) @ onehot) / (onehot.T @ cross @ onehot)
@@ -319,12 +408,21 @@ def _crossnobis_observations(x, stim, fold, prec, n_stim: int) -> jax.Array:
 
 
 @jax.jit
-def _crossnobis_balanced(means: jax.Array, prec: jax.Array | None) -> jax.Array:
-    # sum over a != b of K_ab = (sum_a W_a)(sum_b M_b)^T - sum_a W_a M_a^T: one pass over the
-    # folds instead of n_fold^2 kernels
+def _crossnobis_balanced(means: jax.Array, prec: Any) -> jax.Array:
+    # sum over a != b of K_ab = (sum_a W_a)(sum_b M_b)^T - sum_a W_a M_a^T, W = M Lambda: one
+    # pass over the folds instead of n_fold^2 kernels
     n_fold, n, p = means.shape
-    w = means if prec is None else jnp.einsum("fnp,pq->fnq", means, prec)
-    k = w.sum(0) @ means.sum(0).T - jnp.einsum("fnp,fmp->nm", w, means)
+    if prec is None or isinstance(prec, LowRankPrecision):
+        # Lambda = D^-1 - F C F^T: only (n_fold n, P) @ (P, n_obs) products, no (P, P) array
+        d = 1.0 if prec is None else prec.inv_diag
+        k = (means.sum(0) * d) @ means.sum(0).T - jnp.einsum("fnp,fmp->nm", means * d, means)
+        if prec is not None:
+            mf = means @ prec.factor
+            k = k - mf.sum(0) @ prec.core @ mf.sum(0).T + jnp.einsum(
+                "fnr,rs,fms->nm", mf, prec.core, mf)
+    else:
+        w = jnp.einsum("fnp,pq->fnq", means, prec)
+        k = w.sum(0) @ means.sum(0).T - jnp.einsum("fnp,fmp->nm", w, means)
     return _from_kernel(k, p) / (n_fold * (n_fold - 1))
 
 
@@ -394,6 +492,25 @@ def _patterns(data: Any, stimuli: Any, folds: Any):
     return x, stim, fold, uniq if ids is None else ids, len(uniq)
 
 
+def _precision_arg(precision: Any, p: int) -> Any:
+    """None, a :class:`LowRankPrecision`, a ``(P, P)`` or per-fold ``(F, P, P)`` array."""
+    if precision is None:
+        return None
+    if isinstance(precision, LowRankPrecision):
+        if precision.factor.shape[0] != p:
+            raise InputDataError(
+                f"precision is for {precision.factor.shape[0]} channels; data has {p}."
+            )
+        return precision
+    prec = np.asarray(precision, dtype=np.float64)
+    if prec.shape[-2:] != (p, p) or prec.ndim not in (2, 3):
+        raise InputDataError(
+            f"precision has shape {prec.shape}; it must be ({p}, {p}) (or (n_fold, {p}, {p}) "
+            "per fold for crossnobis)."
+        )
+    return prec
+
+
 def calc_rdm(
     data: Any,
     method: str = "euclidean",
@@ -421,9 +538,11 @@ def calc_rdm(
     stimuli, folds
         Per-row labels for ``(observation, channel)`` input.
     precision
-        Noise precision ``(P, P)`` for ``mahalanobis`` / ``crossnobis`` (default identity),
-        or one precision per fold ``(n_fold, P, P)`` for ``crossnobis`` (then every fold
-        pair uses ``((Sigma_A + Sigma_B) / 2)^-1``, also for unbalanced designs).
+        Noise precision ``(P, P)`` or :class:`LowRankPrecision` (from
+        ``precision_from_residuals(..., low_rank=True)``, fastest for many channels) for
+        ``mahalanobis`` / ``crossnobis`` (default identity), or one precision per fold
+        ``(n_fold, P, P)`` for ``crossnobis`` (then every fold pair uses
+        ``((Sigma_A + Sigma_B) / 2)^-1``, also for unbalanced designs).
     prior_lambda, prior_weight
         Poisson smoothing ``u <- (u + lambda w) / (1 + w)``.
     name
@@ -481,8 +600,8 @@ def calc_rdm(
                 )
             d = _poisson_cv(means, prior_lambda, prior_weight)
         else:
-            prec = None if precision is None else np.asarray(precision, dtype=np.float64)
-            if prec is not None and prec.ndim == 3:
+            prec = _precision_arg(precision, p)
+            if isinstance(prec, np.ndarray) and prec.ndim == 3:
                 if prec.shape != (n_fold, p, p):
                     raise InputDataError(
                         f"precision has shape {prec.shape}; per-fold precisions must be "
@@ -490,11 +609,7 @@ def calc_rdm(
                     )
                 d = _crossnobis_fold_precisions(means, present, jnp.asarray(prec))
             else:
-                if prec is not None and prec.shape != (p, p):
-                    raise InputDataError(
-                        f"precision has shape {prec.shape}; it must be ({p}, {p})."
-                    )
-                prec_j = None if prec is None else jnp.asarray(prec)
+                prec_j = None if prec is None else jax.tree.map(jnp.asarray, prec)
                 if bool(np.asarray(present).all()):
                     d = _crossnobis_balanced(means, prec_j)
                 else:
@@ -509,15 +624,13 @@ def calc_rdm(
         elif method == "correlation":
             d = _correlation(u)
         elif method == "mahalanobis":
-            if precision is None:
+            prec = _precision_arg(precision, p)
+            if prec is None:
                 d = _euclidean(u)
+            elif isinstance(prec, np.ndarray) and prec.ndim == 3:
+                raise InputDataError("per-fold precisions apply to crossnobis only.")
             else:
-                prec = np.asarray(precision, dtype=np.float64)
-                if prec.shape != (p, p):
-                    raise InputDataError(
-                        f"precision has shape {prec.shape}; it must be ({p}, {p})."
-                    )
-                d = _mahalanobis(u, jnp.asarray(prec))
+                d = _mahalanobis(u, jax.tree.map(jnp.asarray, prec))
         else:
             if np.any(x < 0):
                 raise InputDataError("poisson needs non-negative responses (counts or rates).")
