@@ -163,3 +163,41 @@ def test_leiden_backend_and_bad_option(fitted):
     assert min(scores) > 0.7
     with pytest.raises(InputDataError, match="community"):
         DynamicConnectome(community="louvain").fit(ds)
+
+
+def test_window_batches_and_lazy_tensor_equal_the_one_shot_tensor(monkeypatch):
+    """Batched construction: same numbers, bounded batches, one compilation, dask chunks."""
+    import dask
+
+    from neurodata.models import affinity
+
+    ds = _stack(n_animal=2, n_time=150, n_neuron=6)
+    ds["activity"][1, :, 2] = np.nan
+    ds["recorded"][1, 2] = False
+    whole = affinity_tensor(ds, window=2.0, step=0.7, batch_windows=10**6)
+    n_win = whole.sizes["window"]
+    calls = []
+    kernel = affinity._affinities
+
+    def spy(x, starts, *args):
+        calls.append((x.shape, starts.shape))
+        return kernel(x, starts, *args)
+
+    monkeypatch.setattr(affinity, "_affinities", spy)
+    for batch in (1, 4, 7):
+        calls.clear()
+        got = affinity_tensor(ds, window=2.0, step=0.7, batch_windows=batch)
+        np.testing.assert_array_equal(got.values, whole.values)
+        assert got.dtype == np.float32
+        assert len(calls) == -(-n_win // batch)
+        # same shapes every batch (one compilation), a stretch of 20 + (batch - 1) * 7 frames
+        assert set(calls) == {((2, 20 + (batch - 1) * 7, 6), (batch,))}
+        for name in ("mask", "window_mask", "window_start"):
+            np.testing.assert_array_equal(got[name].values, whole[name].values)
+    calls.clear()
+    lazy = affinity_tensor(ds, window=2.0, step=0.7, batch_windows=4, lazy=True)
+    assert dask.is_dask_collection(lazy.data) and not calls  # nothing computed yet
+    assert lazy.data.chunks[1] == (4,) * (n_win // 4) + ((n_win % 4,) if n_win % 4 else ())
+    np.testing.assert_array_equal(lazy.values, whole.values)
+    with pytest.raises(InputDataError, match="batch_windows"):
+        affinity_tensor(ds, window=2.0, batch_windows=0)

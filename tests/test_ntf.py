@@ -145,3 +145,27 @@ def test_bad_input():
         NTF(rank=2, mask=np.ones((5, 2, 3), bool)).fit(x)
     with pytest.raises(InputDataError, match="method"):
         NTF(rank=2, method="als").fit(x)
+
+
+def test_lazy_and_float32_tensors_need_no_extra_copy(planted):
+    """A dask tensor is read chunk by chunk into the solver's dtype; the fit is identical."""
+    import dask.array as da
+    import xarray as xr
+
+    x = planted[0].astype(np.float32)
+    got, mask, _ = _as_tensor(x, None, "float32")
+    assert got is x  # already in the solver's dtype: used as is
+    lazy = xr.DataArray(da.from_array(x, chunks=(5, 4, 6)), dims=("pair", "window", "animal"))
+    got, _, labels = _as_tensor(lazy, None, "float32")
+    assert got.dtype == np.float32 and labels is lazy
+    np.testing.assert_array_equal(got, x)
+    eager = NTF(rank=RANK, n_init=2, max_iter=30, seed=1).fit(x)
+    streamed = NTF(rank=RANK, n_init=2, max_iter=30, seed=1).fit(lazy)
+    assert streamed.error_ == eager.error_
+    for a, b in zip(eager.factors_, streamed.factors_, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # masked NaNs are zeroed in a copy; the caller's array is untouched
+    y = x.copy()
+    y[0, 0, 0] = np.nan
+    got, _, _ = _as_tensor(y, ~np.isnan(y), "float32")
+    assert got[0, 0, 0] == 0 and np.isnan(y[0, 0, 0])

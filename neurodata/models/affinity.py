@@ -10,6 +10,16 @@ carries plain coordinates ``neuron_a`` / ``neuron_b`` (neuron ids) and ``index_a
 ``(neuron_a, neuron_b)`` matrix. The ``mask`` coordinate ``(pair, animal)`` is ``True`` where
 both neurons were recorded in that animal, and ``window_mask`` ``(window, animal)`` where
 the window lies within that animal's recording; the affinity is 0 where either is False.
+
+Memory. The tensor has ``N(N-1)/2 x windows x animals`` entries, far more than the
+recording for long recordings of many neurons. It is built window batch by window batch:
+each batch sends only its stretch of the traces to the device, computes the ``(N, N)``
+affinity matrices of its windows in float64, keeps the upper triangle and writes it, cast
+to ``dtype``, into its slice of the output. The only full-size array is the output itself
+(or none: ``lazy=True`` returns a dask array whose chunks are the batches, to be written to
+zarr or fed to :class:`~neurodata.models.ntf.NTF`, which reads it batch by batch into its
+own dtype). The batch size is planned from the free memory
+(:func:`~neurodata.models._jax.memory.plan_batch_size`).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from neurodata.errors import InputDataError
+from neurodata.models._jax.memory import plan_batch_size
 
 __all__ = ["KERNELS", "affinity_tensor", "pairs_to_matrix"]
 
@@ -59,6 +70,27 @@ def _affinities(x, starts, length: int, kernel: str, sigma: float):
     return jax.vmap(one_animal)(x)
 
 
+def _batch(sig, starts, pair_mask, window_mask, ia, ib, batch: int, length: int, kernel: str,
+           sigma: float, dtype, b0: int, b1: int) -> np.ndarray:
+    """Affinities ``(pair, b1 - b0, animal)`` of windows ``b0:b1``, cast to ``dtype``.
+
+    Every batch has the same shapes (the last one is padded by repeating its last window),
+    so the jitted kernel compiles once; only the batch's stretch of the traces is sent to
+    the device.
+    """
+    idx = np.minimum(np.arange(b0, b0 + batch), b1 - 1)
+    first = int(starts[b0])
+    span = int(starts[idx[-1]] - first) + length
+    stretch = np.zeros((sig.shape[0], int(starts[min(batch, starts.size) - 1] - starts[0])
+                        + length, sig.shape[2]), sig.dtype)
+    stretch[:, :span] = sig[:, first:first + span]
+    aff = _affinities(jnp.asarray(stretch), jnp.asarray(starts[idx] - first), length, kernel,
+                      sigma)
+    aff = np.asarray(aff[:, : b1 - b0, ia, ib], dtype=dtype).transpose(2, 1, 0)
+    keep = pair_mask[:, None, :] & window_mask[None, b0:b1]
+    return np.where(keep, aff, np.zeros((), dtype))
+
+
 def _sampling_rate(ds: xr.Dataset, sampling_rate: float | None) -> float:
     if sampling_rate is not None:
         fs = float(sampling_rate)
@@ -86,6 +118,8 @@ def affinity_tensor(
     sigma: float = 0.5,
     sampling_rate: float | None = None,
     dtype: str = "float32",
+    batch_windows: int | None = None,
+    lazy: bool = False,
 ) -> xr.DataArray:
     """Time-resolved pairwise affinities ``(pair, window, animal)`` with a recorded-pair mask.
 
@@ -113,6 +147,14 @@ def affinity_tensor(
     dtype
         Output dtype (float32 halves memory; the tensor has ``N(N-1)/2 x windows x animals``
         entries).
+    batch_windows
+        Windows computed at once (default: planned so that a batch's float64 ``(N, N)``
+        matrices use at most a quarter of the free memory, see
+        :func:`~neurodata.models._jax.memory.plan_batch_size`). The result does not depend
+        on it.
+    lazy
+        Return a dask-backed DataArray chunked by ``batch_windows`` along ``window``:
+        nothing is computed until it is written (``.to_zarr``) or fitted.
 
     Returns
     -------
@@ -216,9 +258,28 @@ def affinity_tensor(
     window_mask = (starts[:, None] + length) <= last[None, :]  # (window, animal)
     if kernel == "differential":
         sig = np.diff(sig, axis=1)
-    aff = _affinities(jnp.asarray(sig), jnp.asarray(starts), length, kernel, float(sigma))
-    aff = np.asarray(aff[:, :, ia, ib], dtype=dtype).transpose(2, 1, 0)  # (pair, window, animal)
-    aff = np.where(pair_mask[:, None, :] & window_mask[None], aff, 0.0).astype(dtype)
+    n_win, n_pair = starts.size, ia.size
+    if batch_windows is None:
+        # per window: the float64 (N, N) matrix and about two temporaries of it per animal
+        per_window = 3 * 8 * n_animal * n_neuron**2 + 8 * n_animal * length * n_neuron
+        batch_windows = plan_batch_size(per_window, n_win, fraction=0.25)
+    elif not (isinstance(batch_windows, int | np.integer) and batch_windows >= 1):
+        raise InputDataError(f"batch_windows is {batch_windows!r}; give a positive integer.")
+    batch = int(min(batch_windows, n_win))
+    build = partial(_batch, sig, starts, pair_mask, window_mask, ia, ib, batch, length,
+                    kernel, float(sigma), dtype)
+    bounds = [(b0, min(b0 + batch, n_win)) for b0 in range(0, n_win, batch)]
+    if lazy:
+        import dask
+        import dask.array as da
+
+        aff = da.concatenate(
+            [da.from_delayed(dask.delayed(build)(b0, b1), shape=(n_pair, b1 - b0, n_animal),
+                             dtype=dtype) for b0, b1 in bounds], axis=1)
+    else:
+        aff = np.empty((n_pair, n_win, n_animal), dtype)
+        for b0, b1 in bounds:
+            aff[:, b0:b1] = build(b0, b1)
 
     t = np.asarray(ds["time"].values, dtype=float)
     # a difference at frame k sits between frames k and k + 1

@@ -342,8 +342,59 @@ def congruence(a, b) -> tuple[float, np.ndarray]:
 # --------------------------------------------------------------------------- estimator
 
 
-def _as_tensor(tensor, mask):
-    """Array, mask (broadcastable 0/1 or None) and labels of a tensor input."""
+def _to_numpy(data, dtype) -> np.ndarray:
+    """An array in ``dtype`` (default: its own float dtype, float64 for integers).
+
+    A dask array (e.g. ``affinity_tensor(..., lazy=True)``) is computed chunk by chunk
+    straight into the result, so no float64 or full-size intermediate is ever held.
+    """
+    if dtype is None:
+        kind = np.dtype(getattr(data, "dtype", float))
+        dtype = kind if np.issubdtype(kind, np.floating) else np.float64
+    if hasattr(data, "dask"):
+        import dask.array as da
+
+        out = np.empty(data.shape, dtype)
+        da.store(data.astype(dtype), out, lock=False)
+        return out
+    return np.asarray(data, dtype=dtype)
+
+
+def _check_observed(x: np.ndarray, mask) -> bool:
+    """Check the observed entries block by block; True if unobserved ones are not finite."""
+    block = max(1, (1 << 22) // max(1, int(np.prod(x.shape[1:]))))  # ~4M entries at a time
+    low, nonzero, finite, hidden_bad = np.inf, False, True, False
+    for i0 in range(0, x.shape[0], block):
+        xb = x[i0:i0 + block]
+        if mask is not None:
+            mb = np.broadcast_to(mask if mask.shape[0] == 1 else mask[i0:i0 + block], xb.shape)
+            hidden_bad |= not np.all(np.isfinite(xb[~mb]))
+            xb = np.where(mb, xb, 0)
+        finite &= bool(np.all(np.isfinite(xb)))
+        if xb.size:
+            low = min(low, float(np.min(xb)))
+            nonzero |= bool(np.any(xb != 0))
+    if not finite:
+        raise InputDataError(
+            "tensor has NaN or Inf entries that the mask does not exclude; mask them "
+            "(mask=~np.isnan(tensor)) or fill them."
+        )
+    if low < 0:
+        raise InputDataError(
+            f"tensor has negative entries (min {low:.3g}); non-negative CP needs "
+            "a non-negative tensor (use a non-negative affinity kernel or shift the data)."
+        )
+    if not nonzero:
+        raise InputDataError("tensor is zero on every observed entry; nothing to fit.")
+    return hidden_bad
+
+
+def _as_tensor(tensor, mask, dtype=None):
+    """Array (in ``dtype``), mask (broadcastable bool or None) and labels of a tensor input.
+
+    Unobserved entries are zeroed (a copy) only if they hold NaN or Inf; otherwise the
+    array is used as is, and a float input already in ``dtype`` is not copied.
+    """
     labels = None
     if isinstance(tensor, xr.DataArray):
         labels = tensor
@@ -356,13 +407,13 @@ def _as_tensor(tensor, mask):
                                .transpose(*tensor.dims).values)
                 # two structured masks multiply into an entry-wise one
                 mask = m if mask is None else mask & m
-        tensor = tensor.values
-    x = np.asarray(tensor, dtype=float)
+        tensor = tensor.data
+    x = _to_numpy(tensor, dtype)
     if x.ndim < 2:
         raise InputDataError(f"tensor has {x.ndim} mode(s); NTF needs at least 2.")
     if mask is not None:
         mask = np.asarray(mask)
-        if isinstance(mask, np.ndarray) and mask.ndim != x.ndim:
+        if mask.ndim != x.ndim:
             raise InputDataError(
                 f"mask has {mask.ndim} dims but tensor has {x.ndim}; give a mask of the "
                 "tensor's shape (or with length-1 dims where it does not vary)."
@@ -374,19 +425,8 @@ def _as_tensor(tensor, mask):
         mask = mask.astype(bool)
         if not mask.any():
             raise InputDataError("mask leaves no observed entry; nothing to fit.")
-    observed = x if mask is None else np.where(np.broadcast_to(mask, x.shape), x, 0.0)
-    if not np.all(np.isfinite(observed)):
-        raise InputDataError(
-            "tensor has NaN or Inf entries that the mask does not exclude; mask them "
-            "(mask=~np.isnan(tensor)) or fill them."
-        )
-    if np.any(observed < 0):
-        raise InputDataError(
-            f"tensor has negative entries (min {observed.min():.3g}); non-negative CP needs "
-            "a non-negative tensor (use a non-negative affinity kernel or shift the data)."
-        )
-    if np.all(observed == 0):
-        raise InputDataError("tensor is zero on every observed entry; nothing to fit.")
+    if _check_observed(x, mask):
+        x = np.where(np.broadcast_to(mask, x.shape), x, np.zeros((), x.dtype))
     return x, mask, labels
 
 
@@ -470,8 +510,6 @@ class NTF(NeurodataModel):
             )
         if not (isinstance(self.n_init, int | np.integer) and self.n_init >= 1):
             raise InputDataError(f"n_init is {self.n_init!r}; it must be a positive integer.")
-        if self.dtype not in ("float32", "float64"):
-            raise InputDataError(f"dtype {self.dtype!r} is not 'float32' or 'float64'.")
 
     def fit(self, tensor, y=None) -> NTF:
         """Fit the decomposition.
@@ -479,7 +517,10 @@ class NTF(NeurodataModel):
         Parameters
         ----------
         tensor
-            Non-negative array or DataArray (e.g. from :func:`affinity_tensor`).
+            Non-negative array or DataArray (e.g. from :func:`affinity_tensor`), numpy- or
+            dask-backed: a lazy tensor (``affinity_tensor(..., lazy=True)`` or one opened
+            from zarr) is read chunk by chunk into a single array in ``dtype``, the only
+            copy the solver needs on the host.
         y
             Ignored.
 
@@ -488,14 +529,17 @@ class NTF(NeurodataModel):
         NTF
             ``self``.
         """
-        x, mask, labels = _as_tensor(tensor, self.mask)
+        if self.dtype not in ("float32", "float64"):
+            raise InputDataError(f"dtype {self.dtype!r} is not 'float32' or 'float64'.")
+        x, mask, labels = _as_tensor(tensor, self.mask, self.dtype)
         self._check_params(x.shape)
         dtype = jnp.dtype(self.dtype)
-        xj = jnp.asarray(np.where(np.broadcast_to(mask, x.shape), x, 0.0) if mask is not None
-                         else x, dtype)
+        shape = x.shape
+        xj = jnp.asarray(x, dtype)
+        del x  # the host copy is no longer needed (fit_cp applies the mask on the device)
         mj = None if mask is None else jnp.asarray(mask, dtype)
-        norm = float(jnp.sqrt(jnp.sum(xj * xj)))
-        init = random_init(jax.random.PRNGKey(self.seed), x.shape, int(self.rank),
+        norm = float(jnp.sqrt(jnp.sum(xj * xj if mj is None else jnp.square(xj) * mj)))
+        init = random_init(jax.random.PRNGKey(self.seed), shape, int(self.rank),
                            int(self.n_init), norm, dtype)
         res = fit_cp(xj, init, mj, method=self.method, max_iter=int(self.max_iter),
                      tol=float(self.tol), inner_iter=int(self.inner_iter))
@@ -506,9 +550,9 @@ class NTF(NeurodataModel):
         factors = [np.array(f) for f in res.factors]
         if mask is not None:
             # rows with no observed entry (a pair never recorded) have no data: set to 0
-            full = np.broadcast_to(mask, x.shape)
+            full = np.broadcast_to(mask, shape)
             for n, f in enumerate(factors):
-                seen = full.any(axis=tuple(k for k in range(x.ndim) if k != n))
+                seen = full.any(axis=tuple(k for k in range(len(shape)) if k != n))
                 f[:, ~seen, :] = 0.0
         reps = [normalize([f[b] for f in factors]) for b in range(errs.shape[0])]
         weights, factors = reps[best]
