@@ -100,6 +100,31 @@ def test_cca_recovers_shared_dimensions(rng):
     assert rho[2] < 0.4
 
 
+def test_svcca_drops_noise_directions_and_matches_pca_plus_cca(rng):
+    from sklearn.decomposition import PCA
+    z = rng.normal(size=(200, 3))
+    x = np.c_[z @ rng.normal(size=(3, 6)), 0.01 * rng.normal(size=(200, 10))]
+    y = np.c_[z @ rng.normal(size=(3, 4)), 0.01 * rng.normal(size=(200, 10))]
+    # the shared 3-d signal carries > 99 % of the variance: SVCCA sees only it
+    assert rsa.svcca(x, y) == pytest.approx(1.0, abs=1e-6)
+    assert rsa.cca(x, y).mean() < 0.8  # plain CCA also aligns the independent noise
+    # independent reference: sklearn PCA, then canonical correlations from
+    # eig(Sxx^-1 Sxy Syy^-1 Syx)
+    x2 = x + 0.5 * rng.normal(size=x.shape)
+    px = PCA(n_components=0.9, svd_solver="full").fit_transform(x2)
+    py = PCA(n_components=0.9, svd_solver="full").fit_transform(y)
+    sxx, syy, sxy = px.T @ px, py.T @ py, px.T @ py
+    ev = np.linalg.eigvals(np.linalg.solve(sxx, sxy) @ np.linalg.solve(syy, sxy.T))
+    rho = np.sort(np.sqrt(np.clip(ev.real, 0, 1)))[::-1][:min(px.shape[1], py.shape[1])]
+    assert rsa.svcca(x2, y, variance=0.9) == pytest.approx(rho.mean(), abs=1e-8)
+    q = ortho_group.rvs(16, random_state=1)
+    assert rsa.svcca(x, 3 * x @ q) == pytest.approx(1.0, abs=1e-8)
+    with pytest.raises(InputDataError, match="variance"):
+        rsa.svcca(x, y, variance=1.5)
+    with pytest.raises(InputDataError, match="n_components"):
+        rsa.svcca(x, y, n_components=20)
+
+
 def test_ridge_and_pls_predictivity_and_ceiling(rng):
     n_stim, n_trial = 80, 6
     feats = rng.normal(size=(n_stim, 12))

@@ -43,7 +43,7 @@ from neurodata.models.rsa.rdm import (
     precision_from_residuals,
     rdm_dataset,
 )
-from neurodata.models.rsa.shape import ShapeMetric, cca, procrustes_distance
+from neurodata.models.rsa.shape import ShapeMetric, cca, procrustes_distance, svcca
 from neurodata.models.rsa.topology import (
     RGTM_CLASSES,
     adjacency,
@@ -69,6 +69,7 @@ __all__ = [
     "reverse_predictivity",
     "ridge_predictivity",
     "split_half_ceiling",
+    "svcca",
     "METHODS",
     "LowRankPrecision",
     "RGTM_CLASSES",

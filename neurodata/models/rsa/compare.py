@@ -1,7 +1,8 @@
 """RDM comparators: all-pairs similarity between two sets of RDMs.
 
 Method names follow rsatoolbox 0.3.2: ``cosine``, ``corr``, ``spearman``, ``rho-a``,
-``tau-a``, ``corr_cov``, ``cosine_cov`` (whitened unbiased cosine / correlation, WUC),
+``tau-a``, ``kendall`` (tau-b), ``corr_cov``, ``cosine_cov`` (whitened unbiased cosine /
+correlation, WUC),
 ``bures`` (normalised Bures similarity, NBS) and ``bures_metric``. The vector comparators
 take a pair mask so that the bootstrap can drop pairs of duplicated stimuli with a fixed
 array shape (no NaN filtering). Everything is float64.
@@ -17,13 +18,13 @@ import numpy as np
 import xarray as xr
 
 from neurodata.errors import InputDataError
-from neurodata.models.rsa.rdm import _square, as_rdms, condensed
+from neurodata.models.rsa.rdm import _square, as_rdms
 
 __all__ = ["COMPARATORS", "compare", "masked_ranks", "vector_similarity"]
 
 COMPARATORS = (
-    "cosine", "corr", "spearman", "rho-a", "tau-a", "corr_cov", "cosine_cov", "bures",
-    "bures_metric",
+    "cosine", "corr", "spearman", "rho-a", "tau-a", "kendall", "corr_cov", "cosine_cov",
+    "bures", "bures_metric",
 )
 _VECTOR = ("cosine", "corr", "spearman", "rho-a")
 
@@ -92,27 +93,38 @@ def vector_similarity(a: jax.Array, b: jax.Array, mask: jax.Array, method: str) 
 
 
 @jax.jit
-def _tau_a(a: jax.Array, b: jax.Array) -> jax.Array:
-    # (C - D) / (p (p - 1) / 2) as an O(p^2) sign product, in row blocks so that memory
-    # stays O(block * p); tied pairs contribute 0, as in rsatoolbox's tau-a
+def _sign_products(a: jax.Array, b: jax.Array) -> jax.Array:
+    # sum over ordered pairs (i, j) of sign(a_i - a_j) sign(b_i - b_j) = 2 (C - D), as an
+    # O(p^2) sign product in row blocks (memory O(block p)); tied pairs contribute 0. The
+    # signs (taken in float64) are exact in float32 and a block sums at most block * p < 2^24
+    # of them, so the products run in float32 and accumulate in float64
     p = a.shape[1]
     block = 128
     pad = (-p) % block
     rows_a = jnp.pad(a, ((0, 0), (0, pad)))
     rows_b = jnp.pad(b, ((0, 0), (0, pad)))
-    valid = jnp.pad(jnp.ones(p, bool), (0, pad))
+    valid = jnp.pad(jnp.ones(p, jnp.float32), (0, pad))
 
     def body(acc, start):
         ia = jax.lax.dynamic_slice_in_dim(rows_a, start, block, 1)
         ib = jax.lax.dynamic_slice_in_dim(rows_b, start, block, 1)
         ok = jax.lax.dynamic_slice_in_dim(valid, start, block, 0)
-        sa = jnp.sign(ia[:, :, None] - a[:, None, :]) * ok[None, :, None]
-        sb = jnp.sign(ib[:, :, None] - b[:, None, :])
-        return acc + jnp.einsum("xij,yij->xy", sa, sb), None
+        sa = jnp.sign(ia[:, :, None] - a[:, None, :]).astype(jnp.float32) * ok[None, :, None]
+        sb = jnp.sign(ib[:, :, None] - b[:, None, :]).astype(jnp.float32)
+        return acc + jnp.einsum("xij,yij->xy", sa, sb).astype(a.dtype), None
 
     starts = jnp.arange(0, p + pad, block)
     acc, _ = jax.lax.scan(body, jnp.zeros((a.shape[0], b.shape[0]), a.dtype), starts)
-    return jnp.clip(acc / (p * (p - 1)), -1.0, 1.0)
+    return acc
+
+
+@jax.jit
+def _untied_pairs(v: jax.Array) -> jax.Array:
+    # ordered pairs with different values: p^2 - sum over tie groups of size^2
+    srt = jnp.sort(v, -1)
+    count = jax.vmap(lambda s, x: jnp.searchsorted(s, x, side="right")
+                     - jnp.searchsorted(s, x, side="left"))(srt, v)
+    return v.shape[1] ** 2 - jnp.sum(count, -1).astype(v.dtype)
 
 
 def _second_moment(d: jax.Array) -> jax.Array:
@@ -239,24 +251,30 @@ def compare(
             "same stimuli in both (e.g. rdms.sel(stimulus=...))."
         )
     n = a.shape[1]
+    iu, ju = np.triu_indices(n, 1)
+    va, vb = jnp.asarray(a[:, iu, ju]), jnp.asarray(b[:, iu, ju])
     ja, jb = jnp.asarray(a), jnp.asarray(b)
     if method in _VECTOR:
-        va, vb = condensed(ja), condensed(jb)
-        sim = _vector_jit(va, vb, jnp.ones(va.shape[1], bool), method)
+        sim = _vector_jit(va, vb, np.ones(va.shape[1], bool), method)
     elif method == "tau-a":
-        sim = _tau_a(condensed(ja), condensed(jb))
+        p = va.shape[1]
+        sim = jnp.clip(_sign_products(va, vb) / (p * (p - 1)), -1.0, 1.0)
+    elif method == "kendall":
+        # tau-b = (C - D) / sqrt((n0 - n1)(n0 - n2)), n1, n2 the pairs tied in each RDM
+        den = jnp.sqrt(_untied_pairs(va)[:, None] * _untied_pairs(vb)[None])
+        sim = jnp.clip(_sign_products(va, vb) / den, -1.0, 1.0)
     elif method in ("corr_cov", "cosine_cov"):
         if method == "corr_cov":
-            iu = np.triu_indices(n, 1)
-            off = 1.0 - jnp.eye(n)
-            ja = ja - jnp.mean(ja[:, iu[0], iu[1]], -1)[:, None, None] * off
-            jb = jb - jnp.mean(jb[:, iu[0], iu[1]], -1)[:, None, None] * off
+            off = 1.0 - np.eye(n)
+            ja = jnp.asarray(a - a[:, iu, ju].mean(-1)[:, None, None] * off)
+            jb = jnp.asarray(b - b[:, iu, ju].mean(-1)[:, None, None] * off)
+            va, vb = va - va.mean(-1, keepdims=True), vb - vb.mean(-1, keepdims=True)
         if sigma_k is None:
             sim = _cov_weighted(ja, jb)
         else:
             # rsatoolbox's fast path for a diagonal sigma_k whitens G instead, which is not
             # the V^-1 metric; we always use the definition
-            sim = _v_whitened_cosine(condensed(ja), condensed(jb), _sigma_matrix(sigma_k, n))
+            sim = _v_whitened_cosine(va, vb, _sigma_matrix(sigma_k, n))
     else:
         nuc, tra, trb = _bures_parts(ja, jb)
         if method == "bures":

@@ -1,4 +1,4 @@
-"""Shape metrics (Williams et al. 2021): Procrustes, partially whitened metrics, CCA.
+"""Shape metrics (Williams et al. 2021): Procrustes, partially whitened metrics, CCA, SVCCA.
 
 :class:`ShapeMetric` follows netrep's ``LinearMetric``: columns are centred, each
 representation is partially whitened in the eigenbasis of ``X^T X`` with
@@ -20,7 +20,7 @@ from neurodata.errors import InputDataError
 from neurodata.models._base import NeurodataModel
 from neurodata.models.rsa._features import paired
 
-__all__ = ["ShapeMetric", "cca", "procrustes_distance"]
+__all__ = ["ShapeMetric", "cca", "procrustes_distance", "svcca"]
 
 
 def _pad(x: jax.Array, width: int) -> jax.Array:
@@ -152,3 +152,60 @@ def cca(x: Any, y: Any, *, n_components: int | None = None) -> np.ndarray:
     qb = np.linalg.qr(b - b.mean(0))[0]
     rho = np.clip(np.linalg.svd(qa.T @ qb, compute_uv=False), 0.0, 1.0)
     return rho if n_components is None else rho[:n_components]
+
+
+def _top_directions(x: np.ndarray, variance: float, n_components: int | None) -> np.ndarray:
+    # centred responses projected on their leading principal axes
+    x = x - x.mean(0)
+    u, sv, _ = np.linalg.svd(x, full_matrices=False)
+    if n_components is None:
+        explained = np.cumsum(sv**2) / np.sum(sv**2)
+        n_components = int(np.searchsorted(explained, variance - 1e-12) + 1)
+    return u[:, :n_components] * sv[:n_components]
+
+
+def svcca(
+    x: Any, y: Any, *, variance: float = 0.99, n_components: int | None = None
+) -> float:
+    """SVCCA (Raghu et al. 2017): mean canonical correlation of SVD-reduced representations.
+
+    Each centred representation is first reduced to its leading principal directions (those
+    explaining ``variance`` of its variance, or a fixed ``n_components``), which removes
+    low-variance noise directions that plain CCA would align; the score is the mean of the
+    canonical correlations between the two reduced representations (:func:`cca`).
+
+    Parameters
+    ----------
+    x, y
+        ``(stimulus, neuron)`` responses to the same stimuli.
+    variance
+        Fraction of variance kept by the SVD step (in (0, 1]).
+    n_components
+        Fixed number of directions kept per representation (overrides ``variance``).
+
+    Returns
+    -------
+    float
+        In [0, 1]; 1 when the leading subspaces are linearly equivalent.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(size=(100, 3))
+    >>> x = np.c_[z, 1e-3 * rng.normal(size=(100, 5))]
+    >>> y = np.c_[z @ rng.normal(size=(3, 3)), 1e-3 * rng.normal(size=(100, 5))]
+    >>> round(svcca(x, y), 6)
+    1.0
+    """
+    if not 0.0 < variance <= 1.0:
+        raise InputDataError(f"variance={variance}; it must lie in (0, 1].")
+    a, b = paired(x, y)
+    if n_components is not None and not 1 <= n_components <= min(a.shape[1], b.shape[1]):
+        raise InputDataError(
+            f"n_components={n_components}; it must be between 1 and the smaller number of "
+            f"neurons ({min(a.shape[1], b.shape[1])})."
+        )
+    rho = cca(_top_directions(a, variance, n_components),
+              _top_directions(b, variance, n_components))
+    return float(rho.mean())
