@@ -510,3 +510,40 @@ def test_cross_validated_dual_bootstrap_matches_rsatoolbox(data92):
         rsa.dual_bootstrap(models, brain, key=jax.random.key(0), k_pattern=2, n_cv=1)
     with pytest.raises(InputDataError, match="k_rdm"):
         rsa.dual_bootstrap(models, brain, key=jax.random.key(0), k_rdm=9)
+
+
+def test_ldt_equals_explicit_discriminant_t_values(rng):
+    # 3 folds x 5 stimuli x 4 replicates, 12 channels: LD-t from the vectorised kernels
+    # equals the textbook computation pair by pair (Fisher discriminant on the training
+    # folds, t of the test-fold difference with the pooled within-condition variance)
+    n_fold, n_stim, n_rep, p = 3, 5, 4, 12
+    signal = rng.normal(size=(n_stim, p))
+    stim = np.tile(np.repeat(np.arange(n_stim), n_rep), n_fold)
+    fold = np.repeat(np.arange(n_fold), n_stim * n_rep)
+    x = signal[stim] + rng.normal(size=(len(stim), p)) * 2
+    for given in (rsa.precision_from_residuals(rng.normal(size=(40, p))), None):
+        ours = rsa.calc_rdm(x, "ldt", stimuli=stim, folds=fold,
+                            precision=given)["dissimilarity"].values[0]
+        expected = np.zeros((n_stim, n_stim))
+        for f in range(n_fold):
+            tr, te = fold != f, fold == f
+            m_tr = np.array([x[tr & (stim == s)].mean(0) for s in range(n_stim)])
+            resid = x[tr] - m_tr[stim[tr]]
+            lam = given if given is not None else rsa.precision_from_residuals(
+                resid, dof=int(tr.sum() - n_stim))
+            for i in range(n_stim):
+                for j in range(i + 1, n_stim):
+                    y = x[te] @ lam @ (m_tr[i] - m_tr[j])
+                    s_te = stim[te]
+                    beta = np.array([y[s_te == s].mean() for s in range(n_stim)])
+                    sigma2 = np.sum((y - beta[s_te]) ** 2) / (te.sum() - n_stim)
+                    t = (beta[i] - beta[j]) / np.sqrt(sigma2 * 2 / n_rep)
+                    expected[i, j] += t / n_fold
+                    expected[j, i] += t / n_fold
+        np.testing.assert_allclose(ours, expected, atol=1e-8)
+    # identical conditions: LD-t is centred on zero, distinct ones are far above
+    same = rng.normal(size=(len(stim), p))
+    d_same = rsa.calc_rdm(same, "ldt", stimuli=stim, folds=fold)["dissimilarity"].values[0]
+    assert abs(d_same[np.triu_indices(n_stim, 1)].mean()) < 1.0 < ours[0, 1]
+    with pytest.raises(InputDataError, match="more observations than stimuli"):
+        rsa.calc_rdm(rng.normal(size=(3, 6, 10)), "ldt")

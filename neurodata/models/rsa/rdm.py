@@ -6,7 +6,8 @@ stimulus_)`` (float64, square, symmetric) with descriptors as coordinates (``rdm
 
 Dissimilarities follow rsatoolbox 0.3.2 (every measure divided by the number of channels
 P): squared Euclidean, correlation, Mahalanobis, crossnobis, Poisson-KL and cross-validated
-Poisson-KL. All run in float64 (comparisons with rsatoolbox are to 1e-6).
+Poisson-KL; plus the linear-discriminant t (LD-t, Nili et al. 2014), a t value and not
+divided by P. All run in float64 (comparisons with rsatoolbox are to 1e-6).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ __all__ = [
     "rdm_dataset",
 ]
 
-METHODS = ("euclidean", "correlation", "mahalanobis", "crossnobis", "poisson", "poisson_cv")
-_CV_METHODS = ("crossnobis", "poisson_cv")
+METHODS = ("euclidean", "correlation", "mahalanobis", "crossnobis", "poisson", "poisson_cv",
+           "ldt")
+_CV_METHODS = ("crossnobis", "poisson_cv", "ldt")
 
 
 # --------------------------------------------------------------------------- RDM containers
@@ -492,6 +494,49 @@ def _patterns(data: Any, stimuli: Any, folds: Any):
     return x, stim, fold, uniq if ids is None else ids, len(uniq)
 
 
+@jax.jit
+def _ldt_fold(m_test, e_test, m_train, counts, dof, prec):
+    # t of the test-fold difference of each pair along the training discriminant
+    # w_ij = Lambda (m_i - m_j) (train): numerator (m_i - m_j)_test . w_ij; error variance
+    # w_ij^T Sigma_test w_ij from the test residuals E (||E w_ij||^2 / dof)
+    k = _bilinear(m_test, m_train, prec)
+    num = jnp.diag(k)[:, None] + jnp.diag(k)[None, :] - k - k.T
+    q = _bilinear(e_test, m_train, prec)
+    g = q.T @ q
+    var = (jnp.diag(g)[:, None] + jnp.diag(g)[None, :] - 2 * g) / dof
+    inv_n = 1.0 / counts
+    se = jnp.sqrt(var * (inv_n[:, None] + inv_n[None, :]))
+    return jnp.where(se > 0, num / jnp.where(se > 0, se, 1.0), 0.0)
+
+
+def _condition_means(x: np.ndarray, stim: np.ndarray, n_stim: int):
+    counts = np.bincount(stim, minlength=n_stim).astype(float)
+    means = np.zeros((n_stim, x.shape[1]))
+    np.add.at(means, stim, x)
+    means /= np.maximum(counts, 1)[:, None]
+    return means, x - means[stim], counts
+
+
+def _ldt(x, stim, fold, n_stim, n_fold, prec):
+    """LD-t RDM, leave one fold out, averaged over the test folds."""
+    out = np.zeros((n_stim, n_stim))
+    for f in range(n_fold):
+        test = fold == f
+        m_tr, e_tr, c_tr = _condition_means(x[~test], stim[~test], n_stim)
+        m_te, e_te, c_te = _condition_means(x[test], stim[test], n_stim)
+        dof = test.sum() - n_stim
+        if c_te.min() < 1 or c_tr.min() < 1 or dof < 1:
+            raise InputDataError(
+                f"ldt: fold {f} must hold every stimulus and more observations than stimuli "
+                "(its residuals estimate the noise of the discriminant); regroup the folds."
+            )
+        lam = prec if prec is not None else precision_from_residuals(
+            e_tr, dof=int((~test).sum() - n_stim), low_rank=True)
+        out += np.asarray(_ldt_fold(jnp.asarray(m_te), jnp.asarray(e_te), jnp.asarray(m_tr),
+                                    jnp.asarray(c_te), float(dof), lam))
+    return out / n_fold
+
+
 def _precision_arg(precision: Any, p: int) -> Any:
     """None, a :class:`LowRankPrecision`, a ``(P, P)`` or per-fold ``(F, P, P)`` array."""
     if precision is None:
@@ -542,7 +587,10 @@ def calc_rdm(
         ``precision_from_residuals(..., low_rank=True)``, fastest for many channels) for
         ``mahalanobis`` / ``crossnobis`` (default identity), or one precision per fold
         ``(n_fold, P, P)`` for ``crossnobis`` (then every fold pair uses
-        ``((Sigma_A + Sigma_B) / 2)^-1``, also for unbalanced designs).
+        ``((Sigma_A + Sigma_B) / 2)^-1``, also for unbalanced designs). For ``ldt`` the
+        default is the ``shrinkage_diag`` precision of each training split's residuals;
+        ``ldt`` needs ``(observation, channel)`` data with replicates of every stimulus in
+        every fold (the test fold's residuals give the discriminant's noise).
     prior_lambda, prior_weight
         Poisson smoothing ``u <- (u + lambda w) / (1 + w)``.
     name
@@ -593,7 +641,12 @@ def calc_rdm(
                 f"{method}: some stimulus pairs are measured together in fewer than 2 folds; "
                 "the fold structure cannot cross-validate them. Regroup the folds."
             )
-        if method == "poisson_cv":
+        if method == "ldt":
+            prec = _precision_arg(precision, p)
+            if isinstance(prec, np.ndarray) and prec.ndim == 3:
+                raise InputDataError("ldt takes one precision, not one per fold.")
+            d = _ldt(x, stim, fold, n_stim, n_fold, prec)
+        elif method == "poisson_cv":
             if not bool(np.asarray(present).all()):
                 raise InputDataError(
                     "poisson_cv needs every stimulus in every fold (balanced folds)."
