@@ -40,8 +40,11 @@ MODELS = {
     "ntf": "NTF",
     "dynamic-connectome": "DynamicConnectome",
     "bicluster": "BiClustering",
+    "rsa": "SessionRSA",
 }
-"""Model name on the command line -> estimator class in :mod:`neurodata.models`."""
+"""Model name on the command line -> estimator class in :mod:`neurodata.models` (RSA:
+:class:`neurodata.parallel.SessionRSA`, the RDM of each session and its comparison with
+model RDMs)."""
 
 SECTIONS = ("model", "load", "prepare")
 
@@ -56,7 +59,7 @@ def model_class(name: str) -> type:
     ----------
     name
         One of :data:`MODELS` (``gpfa``, ``mmgpvae``, ``hmmglm``, ``ntf``,
-        ``dynamic-connectome``, ``bicluster``).
+        ``dynamic-connectome``, ``bicluster``, ``rsa``).
 
     Returns
     -------
@@ -69,15 +72,14 @@ def model_class(name: str) -> type:
     >>> model_class("hmmglm").__name__
     'HMMGLM'
     """
-    if name == "rsa":
-        raise InputDataError(
-            "model 'rsa' is a set of functions (neurodata.models.rsa), not an estimator with "
-            "fit(); call them from Python instead of `neurodata fit`."
-        )
     if name not in MODELS:
         raise InputDataError(f"unknown model {name!r}; choose one of {sorted(MODELS)}.")
     import neurodata.models
 
+    if name == "rsa":
+        from neurodata.parallel import SessionRSA
+
+        return SessionRSA
     try:
         return getattr(neurodata.models, MODELS[name])
     except (ImportError, AttributeError) as exc:

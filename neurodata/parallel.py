@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import xarray as xr
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from neurodata.errors import DatasetNotFoundError, InputDataError
 from neurodata.models._base import NeurodataModel
 
-__all__ = ["SessionResult", "fit_sessions", "load_source", "session_name"]
+__all__ = ["SessionRSA", "SessionResult", "fit_sessions", "load_source", "session_name"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,103 @@ def load_source(source: str | os.PathLike, **options: Any):
         f"{source!r} is neither an existing file or folder nor a registry id; see "
         "`neurodata datasets list`."
     )
+
+
+class SessionRSA(NeurodataModel):
+    """RSA of one session as an estimator: its RDM and the RDM's similarity to model RDMs.
+
+    What ``neurodata fit rsa`` fits per session. :meth:`fit` computes the session's RDM
+    with :func:`neurodata.models.rsa.calc_rdm` from ``activity(stimulus, neuron)`` (or
+    ``activity(trial, stimulus, neuron)``: the trials are the cross-validation folds of
+    ``crossnobis``) and, when ``model_rdms`` is given, compares it with every model RDM
+    (:func:`neurodata.models.rsa.compare`).
+
+    Parameters
+    ----------
+    method
+        Dissimilarity of :func:`~neurodata.models.rsa.calc_rdm` (one of
+        ``neurodata.models.rsa.METHODS``, e.g. ``"correlation"``, ``"crossnobis"``).
+    model_rdms
+        Path or registry id of an RDM dataset (``dissimilarity(rdm, stimulus,
+        stimulus_)``, as written by ``neurodata.save(rsa.rdm_dataset(...), path)``) on the
+        same stimuli in the same order. A dataset with an ``rdm_kind`` coordinate (the
+        registry's RDM collections) contributes its ``"model"`` RDMs. ``None``: only the RDM.
+    comparator
+        Similarity of :func:`~neurodata.models.rsa.compare` (one of
+        ``neurodata.models.rsa.COMPARATORS``, e.g. ``"corr"``, ``"cosine"``, ``"rho-a"``).
+    variable
+        The response variable of the session dataset.
+
+    Attributes
+    ----------
+    rdm_ : xarray.DataArray
+        ``(stimulus, stimulus_)`` dissimilarities of the session.
+    similarity_ : xarray.DataArray
+        ``(model,)`` similarity of the session's RDM to each model RDM (only with
+        ``model_rdms``).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> responses = xr.Dataset({"activity": (("trial", "stimulus", "neuron"),
+    ...     np.random.default_rng(0).normal(size=(4, 5, 30)))})
+    >>> SessionRSA("crossnobis").fit(responses).rdm_.shape
+    (5, 5)
+    """
+
+    def __init__(self, method: str = "correlation", model_rdms: str | None = None,
+                 comparator: str = "corr", variable: str = "activity"):
+        self.method = method
+        self.model_rdms = model_rdms
+        self.comparator = comparator
+        self.variable = variable
+
+    def fit(self, ds: xr.Dataset, y: Any = None) -> SessionRSA:
+        """Compute the session's RDM and compare it with the model RDMs.
+
+        Parameters
+        ----------
+        ds
+            A session with ``activity(stimulus, neuron)`` or ``activity(trial, stimulus,
+            neuron)`` (or the ``variable`` given).
+        y
+            Ignored.
+
+        Returns
+        -------
+        SessionRSA
+            ``self``.
+        """
+        from neurodata.models import rsa
+
+        if self.method not in rsa.METHODS:
+            raise InputDataError(f"method {self.method!r}: use one of {list(rsa.METHODS)}.")
+        if self.comparator not in rsa.COMPARATORS:
+            raise InputDataError(f"comparator {self.comparator!r}: use one of "
+                                 f"{list(rsa.COMPARATORS)}.")
+        if self.variable not in ds:
+            raise InputDataError(f"the session has no variable {self.variable!r}; give "
+                                 f"`variable:` one of {list(ds.data_vars)}.")
+        rdm = rsa.calc_rdm(ds[self.variable], self.method)
+        self.rdm_ = rdm["dissimilarity"].isel(rdm=0, drop=True)
+        if self.model_rdms is not None:
+            models = load_source(self.model_rdms)
+            if "dissimilarity" not in models:
+                raise InputDataError(f"model_rdms {self.model_rdms!r} has no 'dissimilarity' "
+                                     "variable; write it with rsa.rdm_dataset and save.")
+            if "rdm_kind" in models.coords:
+                models = models.isel(rdm=np.flatnonzero(models["rdm_kind"].values == "model"))
+            names = (models["rdm_name"].values.astype(str) if "rdm_name" in models.coords
+                     else np.arange(models.sizes["rdm"]).astype(str))
+            try:
+                sim = rsa.compare(rdm, models["dissimilarity"].values, self.comparator)
+            except InputDataError as exc:
+                raise InputDataError(f"model_rdms {self.model_rdms!r} against the session's "
+                                     f"RDM: {exc}") from None
+            self.similarity_ = xr.DataArray(
+                np.asarray(sim.values)[0], dims=("model",), coords={"model": names},
+                name="similarity", attrs={"comparator": self.comparator})
+        return self
 
 
 def _versions() -> dict[str, str]:

@@ -124,8 +124,6 @@ def test_fit_command_errors_exit_cleanly(sessions, tmp_path, capsys):
     out = tmp_path / "fits"
     assert main(["fit", "pca", str(paths[0]), "--out", str(out)]) == 1
     assert "unknown model 'pca'" in capsys.readouterr().err
-    assert main(["fit", "rsa", str(paths[0]), "--out", str(out)]) == 1
-    assert "not an estimator" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {n_state: 2}\n")
     assert main(["fit", "hmmglm", str(paths[0]), "--config", str(bad), "--out",
@@ -135,8 +133,45 @@ def test_fit_command_errors_exit_cleanly(sessions, tmp_path, capsys):
     assert not out.exists()  # nothing started
 
 
+def test_rsa_per_session_on_the_real_scheduler(scheduler, tmp_path, capsys):
+    """`neurodata fit rsa`: each session's RDM and its similarity to the model RDMs."""
+    import xarray as xr
+
+    from neurodata.models import rsa
+    from neurodata.parallel import SessionRSA
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat([0, 1], 3)
+    paths = []
+    for i in range(2):
+        x = rng.normal(size=(3, 6, 20)) + (groups[None, :, None] == 0) * (1.0 + i)
+        ds = xr.Dataset(
+            {"activity": (("trial", "stimulus", "neuron"), x, {"signal": "rate",
+                                                                "units": "Hz"})},
+            coords={"neuron_id": ("neuron", [str(n) for n in range(20)])},
+            attrs={"schema_version": "1.0", "history": []})
+        paths.append(neurodata.save(ds, tmp_path / "data" / f"r{i}.nc"))
+    models = rsa.rdm_dataset((groups[:, None] != groups[None]).astype(float)[None],
+                             rdm_name=["category"])
+    model_path = neurodata.save(models, tmp_path / "models.nc")
+    config = tmp_path / "rsa.yaml"
+    config.write_text(f"model: {{method: crossnobis, model_rdms: '{model_path}', "
+                      "comparator: corr}\n")
+    out = tmp_path / "rsa_fits"
+    assert main(["fit", "rsa", *map(str, paths), "--config", str(config), "--scheduler",
+                 scheduler, "--out", str(out), "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 done, 0 skipped, 0 failed"
+    for path in paths:
+        remote = SessionRSA.load(out / f"{path.stem}.zarr")
+        local = SessionRSA("crossnobis", str(model_path)).fit(neurodata.load(path))
+        np.testing.assert_allclose(remote.rdm_.values, local.rdm_.values)
+        np.testing.assert_allclose(remote.similarity_.values, local.similarity_.values)
+        assert remote.similarity_.sel(model="category") > 0.5
+
+
 def test_fit_command_help_runs_as_a_program():
     result = subprocess.run([sys.executable, "-m", "neurodata.cli", "fit", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "--scheduler" in result.stdout and "dynamic-connectome" in result.stdout
+    assert "rsa" in result.stdout

@@ -76,8 +76,13 @@ def test_every_model_name_maps_to_an_estimator_class():
 def test_unknown_model_and_rsa():
     with pytest.raises(InputDataError, match=r"unknown model 'pca'.*'hmmglm'"):
         read_config("pca")
-    with pytest.raises(InputDataError, match=r"'rsa' is a set of functions"):
-        read_config("rsa")
+    cfg = read_config("rsa", {"model": {"method": "crossnobis", "model_rdms": "m.nc",
+                                        "comparator": "rho-a"}})
+    assert type(cfg.model).__name__ == "SessionRSA"
+    assert (cfg.model.method, cfg.model.model_rdms, cfg.model.comparator) == (
+        "crossnobis", "m.nc", "rho-a")
+    with pytest.raises(InputDataError, match=r"no argument 'metric'.*'method'"):
+        read_config("rsa", {"model": {"metric": "euclidean"}})
 
 
 def test_unknown_model_argument_names_it_and_lists_the_valid_ones():

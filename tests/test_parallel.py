@@ -91,3 +91,46 @@ def test_killed_worker_task_is_retried(client, sessions, tmp_path):
 def test_session_names():
     assert session_name("stevenson2011-m1") == "stevenson2011-m1"
     assert session_name("/data/mouse1/session.nwb") == "session"
+
+
+def _responses(seed: int, n_trial: int = 4, n_stim: int = 6, n_neuron: int = 25):
+    x = np.random.default_rng(seed).normal(size=(n_trial, n_stim, n_neuron))
+    x[:, :3] += 1.0  # two groups of stimuli
+    return xr.Dataset(
+        {"activity": (("trial", "stimulus", "neuron"), x, {"signal": "rate", "units": "Hz"})},
+        coords={"stimulus_id": ("stimulus", [f"s{i}" for i in range(n_stim)]),
+                "neuron_id": ("neuron", [str(i) for i in range(n_neuron)])},
+        attrs={"schema_version": "1.0", "history": []})
+
+
+def test_session_rsa_equals_the_rsa_functions_and_round_trips(tmp_path):
+    from neurodata.errors import InputDataError
+    from neurodata.models import rsa
+    from neurodata.parallel import SessionRSA
+
+    ds = _responses(0)
+    groups = np.repeat([0, 1], 3)
+    categorical = (groups[:, None] != groups[None]).astype(float)
+    noise = rsa.calc_rdm(_responses(9).activity[0], "euclidean")["dissimilarity"].values[0]
+    models = rsa.rdm_dataset(np.stack([categorical, noise]), rdm_name=["category", "noise"])
+    path = neurodata.save(models, tmp_path / "models.nc")
+    fitted = SessionRSA("crossnobis", model_rdms=str(path), comparator="corr").fit(ds)
+    want = rsa.calc_rdm(ds, "crossnobis")
+    np.testing.assert_allclose(fitted.rdm_.values, want["dissimilarity"].values[0])
+    sim = rsa.compare(want, models["dissimilarity"].values, "corr").values[0]
+    np.testing.assert_allclose(fitted.similarity_.values, sim)
+    assert fitted.similarity_["model"].values.tolist() == ["category", "noise"]
+    assert fitted.similarity_.sel(model="category") > 0.5 > abs(sim[1])
+    back = SessionRSA.load(fitted.save(tmp_path / "fit.zarr"))
+    np.testing.assert_allclose(back.similarity_.values, fitted.similarity_.values)
+    assert back.method == "crossnobis"
+    # without models: only the RDM
+    assert not hasattr(SessionRSA().fit(ds.isel(trial=0)), "similarity_")
+    with pytest.raises(InputDataError, match="method 'cosine'"):
+        SessionRSA("cosine").fit(ds)
+    with pytest.raises(InputDataError, match="comparator 'pearson'"):
+        SessionRSA(comparator="pearson").fit(ds)
+    with pytest.raises(InputDataError, match="no variable 'response'"):
+        SessionRSA(variable="response").fit(ds)
+    with pytest.raises(InputDataError, match="models.nc"):
+        SessionRSA(model_rdms=str(path)).fit(_responses(0, n_stim=7))
