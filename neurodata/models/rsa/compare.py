@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from neurodata.errors import InputDataError
-from neurodata.models.rsa.rdm import _square, as_rdms
+from neurodata.models.rsa.rdm import _square, _triu, as_rdms
 
 __all__ = ["COMPARATORS", "compare", "masked_ranks", "vector_similarity"]
 
@@ -36,12 +36,19 @@ def masked_ranks(v: jax.Array, mask: jax.Array) -> jax.Array:
     ``scipy.stats.rankdata`` on the masked entries alone.
     """
     big = jnp.where(mask, v, jnp.inf)
-    srt = jnp.sort(big, axis=-1)
-    left = jax.vmap(lambda s, x: jnp.searchsorted(s, x, side="left"))(
-        srt.reshape(-1, srt.shape[-1]), big.reshape(-1, big.shape[-1]))
-    right = jax.vmap(lambda s, x: jnp.searchsorted(s, x, side="right"))(
-        srt.reshape(-1, srt.shape[-1]), big.reshape(-1, big.shape[-1]))
-    ranks = ((left + right + 1) / 2.0).reshape(v.shape)
+    order = jnp.argsort(big, axis=-1)
+    srt = jnp.take_along_axis(big, order, -1)
+    p = srt.shape[-1]
+    pos = jnp.arange(p)
+    # a tie group spans [first, last]; its members share the rank (first + last) / 2 + 1
+    step = srt[..., 1:] != srt[..., :-1]
+    edge = jnp.ones((*srt.shape[:-1], 1), bool)
+    first = jax.lax.cummax(jnp.where(jnp.concatenate([edge, step], -1), pos, 0),
+                           axis=srt.ndim - 1)
+    last = jax.lax.cummin(jnp.where(jnp.concatenate([step, edge], -1), pos, p),
+                          axis=srt.ndim - 1, reverse=True)
+    ranks = jnp.put_along_axis(jnp.zeros(srt.shape, v.dtype), order, (first + last) / 2 + 1,
+                               -1, inplace=False)
     return jnp.where(mask, ranks, 0.0)
 
 
@@ -170,7 +177,7 @@ def _v_whitened_cosine(va: jax.Array, vb: jax.Array, sigma: jax.Array) -> jax.Ar
     # cosine in the metric V^-1 with V = (C Sigma C^T) o (C Sigma C^T), matrix-free: with
     # u_k = Sigma c_k, (V x)_k = u_k^T L(x) u_k, L(x) the Laplacian of the weights x
     n = sigma.shape[0]
-    iu, ju = np.triu_indices(n, 1)
+    iu, ju = _triu(n)
     u = sigma[iu] - sigma[ju]  # (p, n): rows c_k^T Sigma
 
     def matvec(x):
@@ -251,9 +258,9 @@ def compare(
             "same stimuli in both (e.g. rdms.sel(stimulus=...))."
         )
     n = a.shape[1]
-    iu, ju = np.triu_indices(n, 1)
+    iu, ju = _triu(n)
     va, vb = jnp.asarray(a[:, iu, ju]), jnp.asarray(b[:, iu, ju])
-    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    ja, jb = a, b  # numpy: the jitted kernels take them as they are
     if method in _VECTOR:
         sim = _vector_jit(va, vb, np.ones(va.shape[1], bool), method)
     elif method == "tau-a":

@@ -13,7 +13,7 @@ divided by P. All run in float64 (comparisons with rsatoolbox are to 1e-6).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -159,7 +159,7 @@ def as_rdms(x: Any, name: str = "rdms") -> tuple[np.ndarray, np.ndarray | None]:
             "(the bootstrap handles repeated stimuli with masks, not NaNs)."
         )
     scale = max(float(np.abs(values).max()), 1e-300)
-    if not np.allclose(values, values.transpose(0, 2, 1), rtol=0, atol=1e-8 * scale):
+    if np.abs(values - values.transpose(0, 2, 1)).max() > 1e-8 * scale:
         raise InputDataError(
             f"{name} holds asymmetric matrices; RDMs must be symmetric "
             "(symmetrise with (D + D.T) / 2 if the asymmetry is numerical noise)."
@@ -167,15 +167,24 @@ def as_rdms(x: Any, name: str = "rdms") -> tuple[np.ndarray, np.ndarray | None]:
     return values, ids
 
 
+@lru_cache(maxsize=32)
+def _triu(n: int) -> tuple[np.ndarray, np.ndarray]:
+    # cached: np.triu_indices builds an n x n mask on every call
+    iu, ju = np.triu_indices(n, 1)
+    iu.flags.writeable = ju.flags.writeable = False
+    return iu, ju
+
+
 def condensed(rdms: np.ndarray | jax.Array) -> jax.Array:
     """Upper-triangle vectors ``(n_rdm, n (n - 1) / 2)`` in row-major (squareform) order."""
-    n = rdms.shape[-1]
-    iu, ju = np.triu_indices(n, 1)
-    return jnp.asarray(rdms)[..., iu, ju]
+    iu, ju = _triu(rdms.shape[-1])
+    if isinstance(rdms, np.ndarray):
+        return jnp.asarray(rdms[..., iu, ju])
+    return rdms[..., iu, ju]
 
 
 def _square(vectors: jax.Array, n: int) -> jax.Array:
-    iu, ju = np.triu_indices(n, 1)
+    iu, ju = _triu(n)
     out = jnp.zeros((*vectors.shape[:-1], n, n), vectors.dtype)
     out = out.at[..., iu, ju].set(vectors)
     return out.at[..., ju, iu].set(vectors)
