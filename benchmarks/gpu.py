@@ -1,0 +1,127 @@
+"""Every model on the CPU and on the GPU: time per iteration, speed-up, first call, memory.
+
+``python -m benchmarks.gpu [--quick] [--only gpfa,ntf,...] [--timeout S]`` writes
+``benchmarks/results/gpu.md``. It needs only the repository (and a jaxlib with CUDA, e.g.
+``pip install -e '.[test]' 'jax[cuda12]'``): the workloads are those of
+:mod:`benchmarks.scaling` (each model fitted through its public API on simulated data), one
+or two sizes per model, each measured in a fresh subprocess with ``JAX_PLATFORMS=cpu`` and
+again with ``JAX_PLATFORMS=cuda``, so that neither run holds the other's memory. The
+timing rules are those of :mod:`benchmarks.scaling` (compilation and per-fit set-up left
+out of the time per iteration); GPU memory is the allocator's peak
+(``device.memory_stats()["peak_bytes_in_use"]``). Every model runs unchanged: the code
+does not know which device it is on.
+
+On a machine where JAX sees no GPU it writes a "no GPU present" section and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# This process only orchestrates: it must not start a GPU client (which would reserve most
+# of the GPU's memory while the measured subprocesses run). Each point sets its own.
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+from benchmarks.common import write_result  # noqa: E402  (imports jax)
+from benchmarks.scaling import CURVES, _measure  # noqa: E402
+
+# (model, driver) of a scaling curve -> sizes to compare; the GPU pays off at sizes where
+# the arithmetic, not the dispatch, dominates.
+SIZES = {
+    ("GPFA", "T"): ((50, 100), (25,)),
+    ("MM-GPVAE (Fourier)", "trials"): ((80, 160), (20,)),
+    ("HMM-GLM", "T"): ((8000, 32000), (1000,)),
+    ("NTF", "neurons"): ((80, 160), (20,)),
+    ("Bi-clustering", "neurons"): ((96, 192), (24,)),
+    ("RSA crossnobis", "stimuli"): ((100, 200), (20,)),
+    ("RSA dual bootstrap", "stimuli"): ((100, 200), (20,)),
+}
+
+
+def gpu_name() -> str | None:
+    """Device kind of the first GPU JAX sees (checked in a subprocess), or None."""
+    code = "import jax; print(jax.devices('gpu')[0].device_kind)"
+    try:
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "JAX_PLATFORMS": ""})
+    except subprocess.TimeoutExpired:
+        return None
+    lines = res.stdout.strip().splitlines()
+    return lines[-1] if res.returncode == 0 and lines else None
+
+
+def _ms(p: dict) -> str:
+    return f"{1e3 * p['per_iter_s']:.3g}" if p["status"] == "ok" else p["status"]
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu")
+    parser.add_argument("--quick", action="store_true", help="one small size per model")
+    parser.add_argument("--only", default="", help="comma-separated model name prefixes")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per point")
+    args = parser.parse_args(argv)
+    from benchmarks.common import machine
+
+    host = machine()
+    gpu = gpu_name()
+    if gpu is None:
+        md = "\n".join([
+            "## GPU speed-ups", "",
+            f"No GPU present: JAX sees no GPU on this machine ({host}), so there is nothing "
+            "to compare. Run `python -m benchmarks.gpu` on a GPU machine with a CUDA jaxlib "
+            "(`pip install 'jax[cuda12]'`) to record the figures.",
+        ])
+        write_result("gpu", md)
+        print(md)
+        return md
+    wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
+    start = time.perf_counter()
+    rows = []
+    for curve in CURVES:
+        if (curve.model, curve.driver) not in SIZES:
+            continue
+        if wanted and not any(curve.model.lower().startswith(w) for w in wanted):
+            continue
+        full, quick = SIZES[(curve.model, curve.driver)]
+        for value in quick if args.quick else full:
+            cpu = _measure(curve, value, args.timeout, {"JAX_PLATFORMS": "cpu"})
+            dev = _measure(curve, value, args.timeout, {"JAX_PLATFORMS": "cuda"})
+            print(curve.model, value, json.dumps({"cpu": cpu, "gpu": dev}), flush=True)
+            rows.append((curve, value, cpu, dev))
+    lines = [
+        "## GPU speed-ups",
+        "",
+        f"GPU: **{gpu}**. Host: {host}. Same code and data on both devices (JAX's default "
+        "device chosen with `JAX_PLATFORMS`), every point in a fresh process; time per "
+        "iteration without compilation and set-up, speed-up = CPU / GPU time per iteration. "
+        f"Whole run: {(time.perf_counter() - start) / 60:.1f} min"
+        f"{' (--quick sizes)' if args.quick else ''}.",
+        "",
+        "| model | size | iteration | CPU (ms) | GPU (ms) | speed-up | first call CPU / GPU (s) "
+        "| GPU peak memory (MB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for curve, value, cpu, dev in rows:
+        fixed = ", ".join(f"{k}={v}" for k, v in curve.fixed.items() if k != curve.driver)
+        both = cpu["status"] == "ok" and dev["status"] == "ok"
+        speed = (f"{cpu['per_iter_s'] / dev['per_iter_s']:.1f}x"
+                 if both and dev["per_iter_s"] > 0 else "-")
+        first = (f"{cpu['first_call_s']:.3g} / {dev['first_call_s']:.3g}" if both else "-")
+        peak = dev.get("device_peak_mb")
+        lines.append(f"| {curve.model} | {curve.driver}={value} ({fixed}) | {curve.unit} | "
+                     f"{_ms(cpu)} | {_ms(dev)} | {speed} | {first} | "
+                     f"{'-' if peak is None else f'{peak:.0f}'} |")
+    md = "\n".join(lines)
+    if not wanted:
+        write_result("gpu", md)
+    print(md)
+    return md
+
+
+if __name__ == "__main__":
+    main()
