@@ -9,9 +9,10 @@ fresh subprocess (so that its peak memory, ``resource.getrusage(...).ru_maxrss``
 own, and a point that hangs, such as the XLA:CPU deadlock of long Cholesky-heavy loops, is
 killed after ``--timeout`` seconds and recorded as a timeout rather than stopping the run).
 
-Timing. In each point the fit runs with ``k1`` iterations (cold: compile plus run), twice
-more with ``k1`` and twice with ``k2`` (chosen so that the extra iterations take about a
-second). The time per iteration is the difference of the best warm ``k2`` and ``k1`` runs
+Timing. In each point the fit runs with ``k1`` iterations (cold: compile plus run), again
+with ``k1``, once with ``k2`` (chosen so that the extra iterations take about two seconds;
+this run compiles again where the iteration count is static), then alternately with ``k2``
+and ``k1`` twice. The time per iteration is the difference of the best warm ``k2`` and ``k1`` runs
 divided by ``k2 - k1``, which removes compilation and the fixed per-fit set-up whether or
 not a model caches its compiled functions between fits; the first-call overhead is the
 cold run minus ``k1`` iterations (compilation plus set-up). Memory: the peak resident set
@@ -274,11 +275,16 @@ def point(build: str, size: dict, k1: int, step: int, min_extra: int = 3,
     compile_peak = _status_mb("VmHWM")
     held = _status_mb("VmRSS")
     _reset_peak()
-    warm1 = min(_timed(run, k1), _timed(run, k1))
+    warm1 = _timed(run, k1)
     extra = max(min_extra, int(np.ceil(target_s / max(warm1 / k1, 1e-6))))
     k2 = k1 + min(int(np.ceil(extra / step)) * step, 200 * step)
-    warm2 = min(_timed(run, k2), _timed(run, k2))
-    per = max(warm2 - warm1, 0.0) / (k2 - k1)
+    _timed(run, k2)  # compiles again where the iteration count is static
+    # interleaved, so that a change of the machine's load hits both counts alike
+    times = {k1: [warm1], k2: []}
+    for _ in range(2):
+        for k in (k2, k1):
+            times[k].append(_timed(run, k))
+    per = max(min(times[k2]) - min(times[k1]), 0.0) / (k2 - k1)
     return {"per_iter_s": per, "first_call_s": cold - k1 * per, "k2": k2,
             "peak_mb": max(compile_peak, _status_mb("VmHWM")),
             "run_peak_mb": _status_mb("VmHWM") - base,
@@ -348,20 +354,25 @@ def _markdown(rows: list[tuple[Curve, list]], quick: bool, elapsed: float) -> st
         b_t = exponent([v for v, _ in ok], [p["per_iter_s"] for _, p in ok])
         b_m = exponent([v for v, _ in ok], [p["run_peak_mb"] for _, p in ok])
         fixed = ", ".join(f"{k}={v}" for k, v in curve.fixed.items() if k != curve.driver)
-        last = (f"{1e3 * ok[-1][1]['per_iter_s']:.3g} ms at {curve.driver}={ok[-1][0]}"
-                if ok else "-")
+        timed = [(v, p) for v, p in ok if p["per_iter_s"] > 0]
+        last = (f"{1e3 * timed[-1][1]['per_iter_s']:.3g} ms at {curve.driver}={timed[-1][0]}"
+                if timed else "-")
         lines.append(f"| {curve.model} | {curve.driver} ({fixed}) | {curve.unit} | "
                      f"{', '.join(str(v) for v, _ in pts)} | {_fmt(b_t, 2)} | {_fmt(b_m, 2)} "
                      f"| {last} |")
-    lines += ["", "### Points", "",
+    lines += ["", "A point whose extra iterations cost less than the run-to-run noise of the "
+              "loaded machine is shown as *below the timing noise* and left out of the fit.",
+              "", "### Points", "",
               "| model | driver | size | time per iteration (ms) | first call (s) | "
               "peak (MB) | run peak above imports (MB) |",
               "|---|---|---|---|---|---|---|"]
     for curve, pts in rows:
         for v, p in pts:
             if p["status"] == "ok":
-                lines.append(f"| {curve.model} | {curve.driver} | {v} | "
-                             f"{_fmt(1e3 * p['per_iter_s'])} | {_fmt(p['first_call_s'])} | "
+                per = (_fmt(1e3 * p["per_iter_s"]) if p["per_iter_s"] > 0 else
+                       "below the timing noise")
+                lines.append(f"| {curve.model} | {curve.driver} | {v} | {per} | "
+                             f"{_fmt(p['first_call_s'])} | "
                              f"{p['peak_mb']:.0f} | {p['run_peak_mb']:.0f} |")
             else:
                 lines.append(f"| {curve.model} | {curve.driver} | {v} | {p['status']} "
