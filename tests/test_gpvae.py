@@ -22,9 +22,11 @@ from neurodata.models.gpvae import (
     _fourier_posterior,
     affine_r2,
     fourier_kl,
+    mask_time_prior,
     poisson_expected_loglik,
     simulate,
     time_kl,
+    time_prior,
 )
 
 MODALITIES = {"neural": "activity", "image": "image"}
@@ -81,16 +83,22 @@ def test_fourier_kl_equals_dense_kl(rng):
 
 
 def test_time_domain_kl_equals_dense_kl(rng):
-    n, ell, jitter = 15, 3.0, 1e-2
+    n, n_obs, ell, jitter = 15, 11, 3.0, 1e-2
     t = np.arange(n, dtype=float)
-    mask = np.ones(n)
+    mask = (t < n_obs).astype(float)
     mu, var = rng.normal(size=n), rng.uniform(0.05, 1.0, n)
-    kern = np.asarray(rbf_kernel(t, t, ell)) + jitter * np.eye(n)
+    # The prior of the whole window, factorised once, then cut to a trial of n_obs bins.
+    prior = mask_time_prior(time_prior(jnp.asarray(t, jnp.float32), jnp.float32([ell]),
+                                       jitter), jnp.asarray(mask, jnp.float32))
+    kern = np.asarray(rbf_kernel(t, t, ell))[:n_obs, :n_obs] + jitter * np.eye(n_obs)
+    np.testing.assert_allclose(prior.kern[0][:n_obs, :n_obs], kern, rtol=1e-5, atol=1e-6)
+    # Padded bins left at the prior (mean 0, variance 1) add nothing to the KL.
+    mu[n_obs:], var[n_obs:] = 0.0, 1.0
     # The model runs in float32, hence the tolerance.
     got = float(time_kl(jnp.asarray(mu, jnp.float32), jnp.asarray(var, jnp.float32),
-                        jnp.asarray(t, jnp.float32), jnp.asarray(mask, jnp.float32),
-                        jnp.float32(ell), jitter))
-    np.testing.assert_allclose(got, _dense_kl(mu, np.diag(var), np.zeros(n), kern), rtol=1e-3)
+                        prior.log_diag_chol[0], prior.inv_chol[0]))
+    dense = _dense_kl(mu[:n_obs], np.diag(var[:n_obs]), np.zeros(n_obs), kern)
+    np.testing.assert_allclose(got, dense, rtol=1e-3)
 
 
 def test_posterior_mean_is_exact_gaussian_conditional(rng):
@@ -216,13 +224,27 @@ def test_variable_lengths_match_unpadded_trials(sim, fitted):
                                fitted.transform(part)["shared_mean"].isel(trial=0), rtol=1e-5)
 
 
+def test_batched_inference_equals_unbatched(sim, fitted):
+    ds, _ = sim
+    test = ds.isel(trial=slice(N_TRAIN, None)).astype(float)
+    test["activity"][3, 30:] = np.nan  # a shorter trial inside the first block
+    test["image"][3, 30:] = np.nan
+    whole, blocks = fitted.transform(test), fitted.transform(test, batch_size=10)
+    xr.testing.assert_allclose(whole, blocks, rtol=1e-4, atol=1e-5)
+    xr.testing.assert_allclose(fitted.reconstruct(test),
+                               fitted.reconstruct(test, batch_size=10), rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputDataError, match="batch_size"):
+        fitted.transform(test, batch_size=0)
+
+
 def test_time_domain_fit_with_variable_lengths(sim):
     ds, _ = sim
     data = ds.isel(trial=slice(0, 12), time=slice(0, 16)).astype(float)
     data["activity"][0, 12:] = np.nan
     data["image"][0, 12:] = np.nan
     model = MMGPVAE(1, {"neural": 1, "image": 0}, modalities=MODALITIES, fourier=False,
-                    combine="average", max_epochs=3, progress=False).fit(data)
+                    combine="average", max_epochs=3, validation_fraction=0.0,
+                    progress=False).fit(data)
     assert np.isfinite(model.history_["train"]).all()
     out = model.transform(data)
     assert "image_mean" not in out  # no private image latents

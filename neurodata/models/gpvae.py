@@ -128,37 +128,80 @@ def fourier_kl(mu: jax.Array, var: jax.Array, c: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum((var + mu**2) / c - 1.0 + jnp.log(c) - jnp.log(var), axis=-1)
 
 
-def _time_prior(times, mask, length_scale, jitter):
-    """Dense RBF prior covariance in time and the inverse of its Cholesky factor.
+class TimePrior(NamedTuple):
+    """Dense RBF prior of every latent on a full window of ``T`` bins, factorised once.
 
-    Padded bins (``mask == 0``) are made independent standard normals; they get no
-    pseudo-observation, so their posterior equals their prior and adds nothing to the KL.
+    Shared by all trials of a minibatch: a trial padded after bin ``L`` needs the prior of its
+    first ``L`` bins, whose Cholesky factor (and that factor's inverse) is the leading
+    ``L x L`` block of the full window's, so :func:`mask_time_prior` only masks.
+    """
+
+    kern: jax.Array  # (K, T, T) covariance
+    log_diag_chol: jax.Array  # (K, T) log of the Cholesky factor's diagonal
+    inv_chol: jax.Array  # (K, T, T) inverse of the lower Cholesky factor
+
+
+def time_prior(times: jax.Array, length_scale: jax.Array, jitter: float) -> TimePrior:
+    """Factorise the RBF prior ``K + jitter I`` of each latent on the bin times ``times``.
+
+    Parameters
+    ----------
+    times
+        ``(T,)`` bin times in bins.
+    length_scale
+        ``(K,)`` length scales in bins.
+    jitter
+        Variance added to the diagonal.
+
+    Returns
+    -------
+    TimePrior
+        Covariances, log Cholesky diagonals and inverse Cholesky factors, one per latent.
     """
     eye = jnp.eye(times.shape[0], dtype=DTYPE)
-    kern = rbf_kernel(times, times, length_scale) + jitter * eye
-    kern = kern * jnp.outer(mask, mask) + jnp.diag(1.0 - mask)
-    chol = jnp.linalg.cholesky(kern)
-    return kern, chol, jsl.solve_triangular(chol, eye, lower=True)
+
+    def one(ell):
+        kern = rbf_kernel(times, times, ell) + jitter * eye
+        chol = jnp.linalg.cholesky(kern)
+        return kern, jnp.log(jnp.diag(chol)), jsl.solve_triangular(chol, eye, lower=True)
+
+    return TimePrior(*jax.vmap(one)(length_scale))
 
 
-def _time_posterior(prec, mean, times, mask, length_scale, jitter):
-    """Optimal diagonal posterior of one latent in time under a dense RBF prior."""
-    kern, _, inv_chol = _time_prior(times, mask, length_scale, jitter)
+def mask_time_prior(prior: TimePrior, mask: jax.Array) -> TimePrior:
+    """The prior of one trial whose bins after the last observed one are padding.
+
+    Padded bins (``mask == 0``, trailing) become independent standard normals: they get no
+    pseudo-observation, so their posterior equals their prior and adds nothing to the KL.
+    """
+    keep, pad = jnp.outer(mask, mask), jnp.diag(1.0 - mask)
+    return TimePrior(prior.kern * keep + pad, prior.log_diag_chol * mask,
+                     prior.inv_chol * keep + pad)
+
+
+def _time_posterior(prec, mean, kern, inv_chol):
+    """Optimal diagonal posterior of one latent in time under a dense prior ``kern``."""
     # Double where: sqrt has an infinite derivative at the zero precision of padded bins.
     sq = jnp.where(prec > 0, jnp.sqrt(jnp.where(prec > 0, prec, 1.0)), 0.0)
     # Posterior mean K sP (I + sP K sP)^{-1} sP m: stable without forming K^{-1}.
-    s_chol = jnp.linalg.cholesky(jnp.eye(times.shape[0], dtype=DTYPE)
+    s_chol = jnp.linalg.cholesky(jnp.eye(kern.shape[0], dtype=kern.dtype)
                                  + sq[:, None] * kern * sq[None, :])
     mu = kern @ (sq * jsl.cho_solve((s_chol, True), sq * mean))
     return mu, 1.0 / (jnp.sum(inv_chol**2, axis=0) + prec)
 
 
-def time_kl(mu, var, times, mask, length_scale, jitter) -> jax.Array:
-    """``KL(N(mu, diag var) || N(0, K))`` for one latent with the dense RBF prior ``K``."""
-    _, chol, inv_chol = _time_prior(times, mask, length_scale, jitter)
+def time_kl(mu, var, log_diag_chol, inv_chol) -> jax.Array:
+    """``KL(N(mu, diag var) || N(0, K))`` for one latent, ``K = L L^T`` given by ``L^{-1}``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> float(time_kl(jnp.zeros(3), jnp.ones(3), jnp.zeros(3), jnp.eye(3)))
+    0.0
+    """
     white = inv_chol @ mu
     return 0.5 * (jnp.sum(jnp.sum(inv_chol**2, axis=0) * var) + white @ white - mu.shape[0]
-                  + 2.0 * jnp.sum(jnp.log(jnp.diag(chol))) - jnp.sum(jnp.log(var)))
+                  + 2.0 * jnp.sum(log_diag_chol) - jnp.sum(jnp.log(var)))
 
 
 def _encode(params, spec: Spec, data, mask, present):
@@ -179,7 +222,8 @@ def _encode(params, spec: Spec, data, mask, present):
     return jnp.stack(means), jnp.stack(precs)
 
 
-def posterior(params, spec: Spec, grid, basis, data, mask, present, keep=None) -> Posterior:
+def posterior(params, spec: Spec, grid, basis, data, mask, present, keep=None,
+              prior: TimePrior | None = None) -> Posterior:
     """Posterior over every latent of one trial.
 
     Parameters
@@ -201,6 +245,9 @@ def posterior(params, spec: Spec, grid, basis, data, mask, present, keep=None) -
     keep
         Optional ``(M,)`` 0/1 weights that switch modalities off inside jit (training with
         modality dropout).
+    prior
+        Time domain only: the factorised prior on the full window (:func:`time_prior`),
+        computed once per minibatch; built here when omitted.
     """
     means, precs = _encode(params, spec, data, mask, present)
     sees = np.zeros((len(spec.modalities), spec.n_latents), np.float32)
@@ -218,10 +265,12 @@ def posterior(params, spec: Spec, grid, basis, data, mask, present, keep=None) -
         def solve(prec, mean):  # (T, K) -> (K, F) twice
             return jax.vmap(_fourier_posterior, in_axes=(1, 1, None, 0))(prec, mean, basis, c)
     else:
+        prior = mask_time_prior(prior if prior is not None
+                                else time_prior(grid, ell, spec.jitter), mask)
 
         def solve(prec, mean):
-            return jax.vmap(_time_posterior, in_axes=(1, 1, None, None, 0, None))(
-                prec, mean, grid, mask, ell, spec.jitter)
+            return jax.vmap(_time_posterior, in_axes=(1, 1, 0, 0))(prec, mean, prior.kern,
+                                                                   prior.inv_chol)
 
     if spec.combine == "poe":
         prec = precs.sum(0)
@@ -242,8 +291,7 @@ def posterior(params, spec: Spec, grid, basis, data, mask, present, keep=None) -
     if spec.fourier:
         kl = fourier_kl(mu, var, c)
     else:
-        kl = jax.vmap(time_kl, in_axes=(0, 0, None, None, 0, None))(
-            mu, var, grid, mask, ell, spec.jitter)
+        kl = jax.vmap(time_kl)(mu, var, prior.log_diag_chol, prior.inv_chol)
     return Posterior(mu, var, basis.T @ mu.T, (basis**2).T @ var.T, kl)
 
 
@@ -275,16 +323,16 @@ def _gaussian_loglik(x, pred_mean, extra_var, log_noise, mask):
     return jnp.sum(ll * mask[:, None])
 
 
-def trial_elbo(params, spec: Spec, grid, basis, data, targets, mask, key, keep=None
-               ) -> jax.Array:
+def trial_elbo(params, spec: Spec, grid, basis, data, targets, mask, key, keep=None,
+               prior: TimePrior | None = None) -> jax.Array:
     """ELBO of one trial: expected log-likelihood of every modality minus the KL.
 
     With ``keep`` the posterior is inferred from the kept modalities only, while every
     modality is still reconstructed; any ``q`` gives a lower bound on ``log p``, so this is
-    still an ELBO of the full data, with a weaker ``q``.
+    still an ELBO of the full data, with a weaker ``q``. ``prior``: see :func:`posterior`.
     """
     post = posterior(params, spec, grid, basis, data, mask, (True,) * len(spec.modalities),
-                     keep)
+                     keep, prior)
     total = -post.kl.sum()
     eps = jax.random.normal(key, (spec.n_samples, *post.coef_mean.shape), DTYPE)
     samples = jnp.einsum("skf,ft->stk", post.coef_mean + jnp.sqrt(post.coef_var) * eps, basis)
@@ -852,8 +900,12 @@ class MMGPVAE(NeurodataModel):
 
     # ----------------------------------------------------------------- inference
 
-    def _posteriors(self, batch: _Batch) -> Posterior:
-        """Posteriors of all trials, each under the prior built for its own length."""
+    def _posteriors(self, batch: _Batch, pad_to: int | None = None) -> Posterior:
+        """Posteriors of all trials, each under the prior built for its own length.
+
+        With ``pad_to``, each group of equal-length trials is padded (by repeating its last
+        trial) to ``pad_to`` trials, so that every minibatch reuses one compiled function.
+        """
         present = self._present(batch)
         full = self._fill(batch)
         n_time = full.mask.shape[1]
@@ -861,14 +913,16 @@ class MMGPVAE(NeurodataModel):
         parts, order = [], []
         for length in np.unique(lengths):
             idx = np.nonzero(lengths == length)[0]
+            rows = idx if pad_to is None else np.pad(idx, (0, max(pad_to - len(idx), 0)),
+                                                     mode="edge")
             grid, basis = self._grid(int(length))
-            inputs = {m: v[idx, :length] for m, v in full.inputs.items()}
+            inputs = {m: v[rows, :length] for m, v in full.inputs.items()}
             post = _posterior_batch(self.params_, self.spec_, grid, basis, inputs,
-                                    full.mask[idx, :length], present)
+                                    full.mask[rows, :length], present)
             pad = ((0, 0), (0, n_time - length), (0, 0))
-            parts.append(post._replace(mean=jnp.pad(post.mean, pad),
-                                       var=jnp.pad(post.var, pad, constant_values=1.0),
-                                       coef_mean=None, coef_var=None))
+            parts.append(Posterior(None, None, jnp.pad(post.mean[:len(idx)], pad),
+                                   jnp.pad(post.var[:len(idx)], pad, constant_values=1.0),
+                                   post.kl[:len(idx)]))
             order.append(idx)
         inverse = np.argsort(np.concatenate(order))
         return Posterior(None, None, *(jnp.concatenate([getattr(p, f) for p in parts])[inverse]
@@ -878,7 +932,19 @@ class MMGPVAE(NeurodataModel):
         return {c: ds.coords[c] for c in ds.coords
                 if set(ds.coords[c].dims) <= {"trial", "time"}}
 
-    def transform(self, ds: xr.Dataset) -> xr.Dataset:
+    @staticmethod
+    def _chunks(ds: xr.Dataset, batch_size: int | None) -> list[xr.Dataset]:
+        """Consecutive blocks of ``batch_size`` trials (the whole dataset when None)."""
+        if batch_size is None:
+            return [ds]
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise InputDataError(f"batch_size={batch_size!r}; give a positive integer number "
+                                 "of trials, or None for all trials at once.")
+        n = ds.sizes.get("trial", 0)
+        return [ds.isel(trial=slice(i, i + int(batch_size))) for i in range(0, max(n, 1),
+                                                                             int(batch_size))]
+
+    def transform(self, ds: xr.Dataset, batch_size: int | None = None) -> xr.Dataset:
         """Posterior means and variances of each latent group, in time.
 
         Parameters
@@ -887,6 +953,10 @@ class MMGPVAE(NeurodataModel):
             Trial dataset with the modalities the model was fitted on (any subset: shared
             latents are then inferred from the modalities present, private latents of absent
             modalities fall back to the prior).
+        batch_size
+            Trials converted and inferred at a time (None: all at once). Memory then grows
+            with ``batch_size`` instead of the number of trials (apart from the output), and
+            a lazily loaded dataset is read block by block. The result does not depend on it.
 
         Returns
         -------
@@ -900,44 +970,59 @@ class MMGPVAE(NeurodataModel):
             raise InputDataError(
                 f"the dataset holds none of the model's modality variables "
                 f"{sorted(self.modalities_.values())}.")
-        batch = self._arrays(ds, names)
-        post = self._posteriors(batch)
-        mask = np.asarray(batch.mask, bool)[..., None]
-        out = {}
-        for group, idx in self._groups().items():
-            if not idx:
-                continue
-            dim = f"{group}_latent"
-            for stat, arr in (("mean", post.mean), ("var", post.var)):
-                values = np.where(mask, np.asarray(arr, float)[..., idx], np.nan)
-                out[f"{group}_{stat}"] = (("trial", "time", dim), values)
+        groups = {g: idx for g, idx in self._groups().items() if idx}
+        parts = []
+        for chunk in self._chunks(ds, batch_size):
+            batch = self._arrays(chunk, names)
+            post = self._posteriors(batch, batch_size)
+            mask = np.asarray(batch.mask, bool)[..., None]
+            parts.append({f"{g}_{stat}": np.where(mask, np.asarray(arr, float)[..., idx], np.nan)
+                          for g, idx in groups.items()
+                          for stat, arr in (("mean", post.mean), ("var", post.var))})
+        out = {f"{g}_{stat}": (("trial", "time", f"{g}_latent"),
+                               np.concatenate([p[f"{g}_{stat}"] for p in parts]))
+               for g in groups for stat in ("mean", "var")}
         return xr.Dataset(out, coords=self._time_coords(ds),
                           attrs={"model": "MMGPVAE", "fourier": int(self.fourier)})
 
-    def _decode(self, ds: xr.Dataset, sources: Sequence[str], targets: Sequence[str]
-                ) -> xr.Dataset:
-        batch = self._arrays(ds, sources)
-        post = self._posteriors(batch)
-        mask = np.asarray(batch.mask, bool)[..., None]
+    def _decode(self, ds: xr.Dataset, sources: Sequence[str], targets: Sequence[str],
+                batch_size: int | None = None) -> xr.Dataset:
+        parts = []
+        for chunk in self._chunks(ds, batch_size):
+            batch = self._arrays(chunk, sources)
+            post = self._posteriors(batch, batch_size)
+            mask = np.asarray(batch.mask, bool)[..., None]
+            preds = {}
+            for name in targets:
+                pred = np.asarray(jax.vmap(lambda p, n=name: decode_mean(
+                    self.params_, self.spec_, n, p))(post), float)
+                if name in self.offset_:
+                    pred = pred * self.scale_[name] + self.offset_[name]
+                preds[name] = np.where(mask, pred, np.nan)
+            parts.append(preds)
         out, coords = {}, self._time_coords(ds)
         for name in targets:
-            pred = np.asarray(jax.vmap(lambda p, n=name: decode_mean(self.params_, self.spec_,
-                                                                      n, p))(post), float)
-            if name in self.offset_:
-                pred = pred * self.scale_[name] + self.offset_[name]
             var = self.modalities_[name]
-            ref = ds[var] if var in ds.data_vars else None
             feature_dim = self.feature_dims_[name]
-            if ref is not None:
+            if var in ds.data_vars:
+                ref = ds[var]
                 coords.update({c: ref.coords[c] for c in ref.coords
                                if ref.coords[c].dims == (feature_dim,)})
             elif name in self.feature_labels_:
                 coords[feature_dim] = (feature_dim, self.feature_labels_[name])
-            out[var] = (("trial", "time", feature_dim), np.where(mask, pred, np.nan))
+            out[var] = (("trial", "time", feature_dim),
+                        np.concatenate([p[name] for p in parts]))
         return xr.Dataset(out, coords=coords)
 
-    def reconstruct(self, ds: xr.Dataset) -> xr.Dataset:
+    def reconstruct(self, ds: xr.Dataset, batch_size: int | None = None) -> xr.Dataset:
         """Reconstruct every modality from the posterior given all modalities.
+
+        Parameters
+        ----------
+        ds
+            Trial dataset holding every modality.
+        batch_size
+            Trials processed at a time (see :meth:`transform`).
 
         Returns
         -------
@@ -947,10 +1032,11 @@ class MMGPVAE(NeurodataModel):
         """
         self._check_fitted()
         names = list(self.modalities_)
-        return self._decode(ds, names, names)
+        return self._decode(ds, names, names, batch_size)
 
     def predict_modality(self, ds: xr.Dataset, source: str = "neural",
-                         target: str | Sequence[str] | None = None) -> xr.Dataset:
+                         target: str | Sequence[str] | None = None,
+                         batch_size: int | None = None) -> xr.Dataset:
         """Predict modalities from one source modality through the shared latents.
 
         The paper writes this ``from="neural"``; ``from`` is a reserved word in Python, hence
@@ -964,6 +1050,8 @@ class MMGPVAE(NeurodataModel):
             Modality the latents are inferred from.
         target
             Modality or modalities to predict (default: every other modality).
+        batch_size
+            Trials processed at a time (see :meth:`transform`).
 
         Returns
         -------
@@ -980,7 +1068,7 @@ class MMGPVAE(NeurodataModel):
         if unknown:
             raise InputDataError(f"target {sorted(unknown)} is not a modality of this model "
                                  f"({sorted(self.modalities_)}).")
-        return self._decode(ds, [source], targets)
+        return self._decode(ds, [source], targets, batch_size)
 
     def score(self, ds: xr.Dataset, y: Any = None) -> float:
         """ELBO per observed time bin on ``ds`` (higher is better; one posterior sample)."""
@@ -994,8 +1082,16 @@ class MMGPVAE(NeurodataModel):
 
 @eqx.filter_jit
 def _posterior_batch(params, spec, grid, basis, inputs, mask, present):
-    return jax.vmap(lambda x, m: posterior(params, spec, grid, basis, x, m, present))(inputs,
-                                                                                    mask)
+    prior = _batch_prior(params, spec, grid)
+    return jax.vmap(lambda x, m: posterior(params, spec, grid, basis, x, m, present,
+                                           prior=prior))(inputs, mask)
+
+
+def _batch_prior(params, spec: Spec, grid) -> TimePrior | None:
+    """The time-domain prior, factorised once for all trials of a batch (None: Fourier)."""
+    if spec.fourier:
+        return None
+    return time_prior(grid, length_scales(params, spec), spec.jitter)
 
 
 def _make_train_fns(static, spec: Spec, grid, basis, optimizer, batch_size: int, n_train: int,
@@ -1015,8 +1111,9 @@ def _make_train_fns(static, spec: Spec, grid, basis, optimizer, batch_size: int,
         dropped = jax.random.uniform(drop_key, (n,)) < (dropout if n_mod > 1 else 0.0)
         onehot = jax.nn.one_hot(jax.random.randint(which_key, (n,), 0, n_mod), n_mod)
         keep = jnp.where(dropped[:, None], 1.0 - onehot, 1.0).astype(DTYPE)
+        prior = _batch_prior(params, spec, grid)
         elbos = jax.vmap(lambda x, y, m, k, kp: trial_elbo(params, spec, grid, basis, x, y, m,
-                                                           k, kp))(
+                                                           k, kp, prior))(
             batch.inputs, batch.targets, batch.mask, keys, keep)
         return elbos, batch.mask.sum(-1)
 
@@ -1049,10 +1146,7 @@ def _make_train_fns(static, spec: Spec, grid, basis, optimizer, batch_size: int,
             return (eqx.apply_updates(dyn, updates), opt_state), -value
 
         keys = jax.random.split(key, n_batches)
-        # The time-domain model's Cholesky calls inside a rolled scan hung XLA:CPU (all
-        # threads waiting) with more than one minibatch; unrolling avoids it.
-        (dyn, opt_state), elbos = jax.lax.scan(step, (dyn, opt_state), (idx, weight, keys),
-                                               unroll=not spec.fourier)
+        (dyn, opt_state), elbos = jax.lax.scan(step, (dyn, opt_state), (idx, weight, keys))
         return dyn, opt_state, elbos.mean()
 
     return epoch_fn, elbo_fn
