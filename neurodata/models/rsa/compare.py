@@ -89,14 +89,20 @@ def vector_similarity(a: jax.Array, b: jax.Array, mask: jax.Array, method: str) 
         return _masked_cosine(a, b, w)
     if method == "corr":
         return _masked_cosine(_masked_center(a, w), _masked_center(b, w), w)
-    ra = masked_ranks(a, mask)
-    rb = masked_ranks(b, mask)
+    if method not in ("spearman", "rho-a"):
+        raise InputDataError(
+            f"method={method!r} has no masked form; use one of {list(_VECTOR)}."
+        )
+    return rank_similarity(masked_ranks(a, mask), masked_ranks(b, mask), mask, method)
+
+
+def rank_similarity(ra: jax.Array, rb: jax.Array, mask: jax.Array, method: str) -> jax.Array:
+    """Spearman or rho-a from masked ranks (:func:`masked_ranks`) computed once."""
+    w = mask.astype(ra.dtype)
     if method == "spearman":
         return _masked_cosine(_masked_center(ra, w), _masked_center(rb, w), w)
-    if method == "rho-a":
-        n = jnp.sum(w)
-        return 12.0 * (_masked_center(ra, w) @ _masked_center(rb, w).T) / (n**3 - n)
-    raise InputDataError(f"method={method!r} has no masked form; use one of {list(_VECTOR)}.")
+    n = jnp.sum(w)
+    return 12.0 * (_masked_center(ra, w) @ _masked_center(rb, w).T) / (n**3 - n)
 
 
 @jax.jit

@@ -23,7 +23,12 @@ import scipy.stats
 import xarray as xr
 
 from neurodata.errors import InputDataError
-from neurodata.models.rsa.compare import _VECTOR, masked_ranks, vector_similarity
+from neurodata.models.rsa.compare import (
+    _VECTOR,
+    masked_ranks,
+    rank_similarity,
+    vector_similarity,
+)
 from neurodata.models.rsa.rdm import as_rdms
 
 __all__ = ["cv_corrected_covariance", "dual_bootstrap", "fdr", "noise_ceiling",
@@ -279,9 +284,15 @@ def _gather_cv_stats(models, data, w, rdm_fold, idx, stim_fold, method, k_patter
     def one(slot_fold, f, w_test, w_train):
         inside = slot_fold == f
         mask = full & inside[iu] & inside[ju]
-        sims = vector_similarity(mv, dv, mask, method)
-        pools = jnp.stack([w_train @ _normalise(dv, mask, method), pool_all])
-        bounds = vector_similarity(pools, dv, mask, method)
+        if method in ("spearman", "rho-a"):  # rank the data once for both uses
+            rd = masked_ranks(dv, mask)
+            sims = rank_similarity(masked_ranks(mv, mask), rd, mask, method)
+            pools = masked_ranks(jnp.stack([w_train @ rd, pool_all]), mask)
+            bounds = rank_similarity(pools, rd, mask, method)
+        else:
+            sims = vector_similarity(mv, dv, mask, method)
+            pools = jnp.stack([w_train @ _normalise(dv, mask, method), pool_all])
+            bounds = vector_similarity(pools, dv, mask, method)
         return sims @ w_test / w_test.sum(), bounds @ w_test / w_test.sum()
 
     folds = jnp.arange(k_pattern)
