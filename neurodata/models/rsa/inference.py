@@ -91,10 +91,10 @@ def _bootstrap_core(models, data, group_of, group_draws, stim_draws, method, bat
     def one(draw):
         g, s = draw
         counts = jnp.zeros(n_group).at[g].add(1.0)
-        e_both, nc_both = _sample_stats(models, data, group_of, counts, s, method)
-        e_rdm, nc_rdm = _sample_stats(models, data, group_of, counts, all_stim, method)
-        e_pat, nc_pat = _sample_stats(models, data, group_of, all_groups, s, method)
-        return jnp.stack([e_both, e_rdm, e_pat], -1), jnp.stack([nc_both, nc_rdm, nc_pat], -1)
+        # the three kinds (both, subjects only, stimuli only) as one vmapped evaluation
+        e, nc = jax.vmap(lambda c, i: _sample_stats(models, data, group_of, c, i, method))(
+            jnp.stack([counts, counts, all_groups]), jnp.stack([s, all_stim, s]))
+        return e.T, nc.T
 
     return jax.lax.map(one, (group_draws, stim_draws), batch_size=batch_size)
 
@@ -175,11 +175,11 @@ def _bootstrap_linear(models, data, group_of, group_draws, stim_draws, method):
     ones = jnp.ones(n_group)
 
     def one(qb, gc):
-        w = gc[group_of]
-        e_b, nc_b = _linear_stats(qb, n_m, n_d, w, group_of, gc, method)
-        e_r, nc_r = _linear_stats(q_all, n_m, n_d, w, group_of, gc, method)
-        e_p, nc_p = _linear_stats(qb, n_m, n_d, ones[group_of], group_of, ones, method)
-        return jnp.stack([e_b, e_r, e_p], -1), jnp.stack([nc_b, nc_r, nc_p], -1)
+        # the three kinds (both, subjects only, stimuli only) as one vmapped evaluation
+        e, nc = jax.vmap(lambda q, g: _linear_stats(q, n_m, n_d, g[group_of], group_of, g,
+                                                    method))(
+            jnp.stack([qb, q_all, qb]), jnp.stack([gc, gc, ones]))
+        return e.T, nc.T
 
     return jax.vmap(one)(q, g_counts)
 
