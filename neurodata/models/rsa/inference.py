@@ -401,6 +401,10 @@ def _dual_variance(v: np.ndarray, n_rdm: int, n_pattern: int) -> np.ndarray:
     return np.minimum(var, both)
 
 
+def _n_distinct(draws: np.ndarray) -> np.ndarray:
+    return (np.diff(np.sort(draws, 1), axis=1) != 0).sum(1) + 1
+
+
 def _pairwise_contrast(n: int) -> np.ndarray:
     ia, ib = np.triu_indices(n, 1)
     c = np.zeros((len(ia), n))
@@ -539,8 +543,8 @@ def dual_bootstrap(
         evals, nc = np.asarray(evals)[..., None], np.asarray(nc)[..., None]
     # samples that cannot be evaluated (too few distinct stimuli or subjects for the folds)
     # are dropped, as rsatoolbox's NaN samples
-    ok = np.array([len(np.unique(s)) >= 3 * k_pattern for s in np.asarray(stim_draws)])
-    ok &= np.array([len(np.unique(g)) >= k_rdm for g in np.asarray(group_draws)])
+    ok = (_n_distinct(np.asarray(stim_draws)) >= 3 * k_pattern) & (
+        _n_distinct(np.asarray(group_draws)) >= k_rdm)
     evals, nc = evals[ok], nc[ok]
     n_model = models.shape[0]
     cov = cv_corrected_covariance(np.concatenate([evals, nc], 1),
