@@ -9,6 +9,11 @@ twice are removed with a mask, so every bootstrap sample has the same array shap
 the stimulus counts, so all samples are evaluated with one matrix product and no resampled
 RDM is ever materialised; the rank comparators gather the resampled RDMs (vmapped, in
 batches). Both paths agree to 1e-10 on the same draws (tested).
+
+With ``k_pattern``/``k_rdm`` > 1 every sample is cross-validated inside (random stimulus and
+subject folds, ``n_cv`` assignments per sample) and the variance of the random folds is
+removed with :func:`cv_corrected_covariance`; every fold evaluation and cross-validated
+noise ceiling equals rsatoolbox's ``_internal_cv`` on the same sample and folds (tested).
 """
 
 from __future__ import annotations
