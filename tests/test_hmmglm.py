@@ -70,12 +70,22 @@ def test_weight_recovery(sim, fitted, prior):
         assert r >= 0.8, (k, r)
 
 
-def test_onehot_prior_recovers_global_adjacency_better(sim, fitted):
-    _, _, truth = sim
+def test_onehot_prior_recovers_adjacency_better(sim, fitted):
+    train, _, truth = sim
     true = truth["global_adjacency"].ravel()
     f1 = {p: f1_score(true, _edge_classes(fitted[p]).ravel(), average="macro")
           for p in ("none", "onehot")}
     assert f1["onehot"] > f1["none"], f1
+    # Per-state 3-class edges after state matching: the hardened one-hot weights carry the
+    # class in their sign; free weights are thresholded like the global mean. Over 4
+    # simulator seeds the one-hot margin was 0.078-0.093; assert half of it.
+    per_state = {}
+    for p in ("none", "onehot"):
+        perm, _, _ = _aligned(fitted[p], train, truth)
+        w = fitted[p].coupling_.values.sum(-1)[perm]
+        cls = np.sign(w) if p == "onehot" else np.where(np.abs(w) > 0.3, np.sign(w), 0)
+        per_state[p] = f1_score(truth["adjacency"].ravel(), cls.ravel(), average="macro")
+    assert per_state["onehot"] >= per_state["none"] + 0.04, per_state
 
 
 def test_heldout_bits_per_spike_ordering(sim, fitted):
@@ -117,13 +127,23 @@ def test_one_state_truth_selects_one_state():
     assert res.attrs["best_n_states"] == 1, res["mean"].values
 
 
-def test_sessions_of_different_lengths_and_parallel_estep():
+def test_sessions_of_different_lengths_batches_and_parallel_estep():
     ds, _ = simulate(n_states=2, n_neurons=5, n_time=300, n_trials=2, seed=4)
     a = ds.isel(trial=0)
     b = ds.isel(trial=1, time=slice(0, 170))
-    model = HMMGLM(2, link="sigmoid", n_restarts=1, max_iter=3).fit([a, b])
+    kw = dict(link="sigmoid", n_restarts=1, max_iter=3, tol=0.0)
+    model = HMMGLM(2, **kw).fit([a, b])
     out = model.predict_proba([a, b])
     assert [o.sizes["time"] for o in out] == [300, 170]
+    # Streaming: one session per E-step batch (the shorter one padded) changes nothing.
+    batched = HMMGLM(2, batch_size=1, **kw).fit([a, b])
+    for name, value in model.params_.items():
+        np.testing.assert_allclose(batched.params_[name], value, atol=1e-10, err_msg=name)
+    np.testing.assert_allclose(batched.objective_history_, model.objective_history_,
+                               rtol=1e-12)
+    for one, whole in zip(model.predict_proba([a, b], batch_size=1), out, strict=True):
+        np.testing.assert_allclose(one.values, whole.values, atol=1e-10)
+    assert model.score([a, b], batch_size=1) == pytest.approx(model.score([a, b]), abs=1e-10)
     sequential = model.log_likelihood([a, b])
     model.set_params(parallel=True)
     assert model.log_likelihood([a, b]) == pytest.approx(sequential, rel=1e-9)
@@ -166,6 +186,8 @@ def test_bad_options():
     ds = _counts_ds(np.ones((50, 3)))
     with pytest.raises(InputDataError, match="prior"):
         HMMGLM(2, prior="laplace").fit(ds)
+    with pytest.raises(InputDataError, match="batch_size"):
+        HMMGLM(2, batch_size=0).fit(ds)
     with pytest.raises(InputDataError, match="trial"):
         select_n_states(ds, (1, 2))
     with pytest.raises(neurodata.errors.NotFittedError):

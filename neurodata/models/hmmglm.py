@@ -10,15 +10,19 @@ one learnable global structure:
   and spread ``sigma``, both updated in closed form;
 - ``prior="onehot"``: ``W_s = (a_exc - a_inh) * softplus(w_s)`` with an adjacency
   ``a_s`` in {inh, none, exc} whose prior is a Concrete (Gumbel-softmax) distribution
-  around learnable global class probabilities; relaxed samples in training, hardened to
-  one-hot at test time.
+  around learnable global class probabilities; relaxed samples (temperature 0.2, fixed, as
+  in the reference) in training, logits halved when a class probability falls below
+  ``e^-20`` (the Concrete density grows without bound at the simplex's vertices), hardened
+  to one-hot at test time.
 
 Fitting is generalised EM: a forward-backward E-step (:mod:`neurodata.models._jax.hmm`,
 sequential ``lax.scan`` or parallel ``lax.associative_scan``; trials and sessions are
 concatenated with resets, so unequal lengths need no padding); an M-step with closed-form
 transitions under a sticky Dirichlet prior and GLM weights by L-BFGS where the objective is
 concave (no or Gaussian prior, Poisson with exp/softplus link or Bernoulli with sigmoid
-link) or Adam otherwise; several restarts are vmapped and the best is kept.
+link) or Adam otherwise; several restarts are vmapped and the best is kept. With
+``batch_size`` the E-step and the M-step objective run over batches of whole trials one
+after the other, so memory is bounded by the batch rather than the recording.
 
 Everything runs in float64.
 """
@@ -41,6 +45,7 @@ from neurodata.errors import InputDataError
 from neurodata.models._base import NeurodataModel
 from neurodata.models._jax.basis import filter_history, make_basis
 from neurodata.models._jax.hmm import (
+    HMMPosterior,
     hmm_filter,
     hmm_filter_parallel,
     hmm_smoother,
@@ -56,7 +61,7 @@ LINKS = ("softplus", "sigmoid", "exp")
 OBSERVATIONS = ("poisson", "bernoulli")
 CLASSES = ("inh", "none", "exc")
 _RATE_FLOOR = 1e-8
-_LOGIT_FLOOR = -20.0  # guards the one-hot prior against collapsing logits (reference: e^-20)
+_LOGIT_FLOOR = -20.0  # one-hot logits are halved when a class log-probability falls below
 _TRANS_FLOOR = float(np.exp(-8.0))
 _SPARSE_PSEUDO = (0.1, 0.8, 0.1)
 
@@ -104,9 +109,30 @@ class _Config(NamedTuple):
 
 
 class _Data(NamedTuple):
-    counts: jnp.ndarray  # (T, N)
-    features: jnp.ndarray  # (T, N * B)
-    resets: jnp.ndarray  # (T,)
+    """Trials concatenated with resets, in ``n_batches`` equal-length E-step batches.
+
+    A batch holds whole trials; the last batches are padded with rows that are each a
+    reset and carry ``valid=False``, whose emission log-likelihood is 0 in every state, so
+    they add nothing to the log-likelihood, the expected counts or the M-step objective.
+    """
+
+    counts: jnp.ndarray  # (n_batches, L, N)
+    features: jnp.ndarray  # (n_batches, L, N * B)
+    resets: jnp.ndarray  # (n_batches, L)
+    valid: jnp.ndarray  # (n_batches, L)
+
+
+def _map_batches(fn, xs, *, checkpoint: bool = False):
+    """``fn`` over the leading batch axis of the pytree ``xs``; outputs keep that axis.
+
+    One batch runs without a loop (the unbatched fit compiles as before); several run in a
+    ``lax.map``, so only one batch's ``(L, S, N)`` intermediates are live at a time, and
+    ``checkpoint`` recomputes them in the backward pass instead of storing every batch's.
+    """
+    if jax.tree_util.tree_leaves(xs)[0].shape[0] == 1:
+        out = fn(jax.tree_util.tree_map(lambda a: a[0], xs))
+        return jax.tree_util.tree_map(lambda a: a[None], out)
+    return lax.map(jax.checkpoint(fn) if checkpoint else fn, xs)
 
 
 def _inverse_link(eta, link):
@@ -156,7 +182,10 @@ def effective_weights(glm: GLMParams, cfg: _Config, *, hard: bool = False, key=N
 
 
 def emission_loglik(glm: GLMParams, weights, data: _Data, cfg: _Config):
-    """``(T, S)`` log p(x_t | z_t = s): all states in one batched contraction."""
+    """``(L, S)`` log p(x_t | z_t = s) of one batch: all states in one contraction.
+
+    ``data`` holds one batch (no leading batch axis); padding rows get 0.
+    """
     s, n = weights.shape[:2]
     eta = jnp.einsum("tf,snf->tsn", data.features, weights.reshape(s, n, -1)) + glm.bias[None]
     x = data.counts[:, None, :]
@@ -173,7 +202,7 @@ def emission_loglik(glm: GLMParams, weights, data: _Data, cfg: _Config):
             rate = _inverse_link(eta, cfg.link) + _RATE_FLOOR
             log_rate = jnp.log(rate)
         ll = x * log_rate - rate - gammaln(x + 1.0)
-    return jnp.sum(ll, axis=-1)
+    return jnp.where(data.valid[:, None], jnp.sum(ll, axis=-1), 0.0)
 
 
 def log_prior(glm: GLMParams, cfg: _Config):
@@ -186,7 +215,7 @@ def log_prior(glm: GLMParams, cfg: _Config):
         # Concrete density of the relaxed adjacency softmax(logits) around the global class
         # probabilities (Maddison et al. 2017; reference: gumbel_softmax_log_likelihood).
         n_class, tau = 3, cfg.temperature
-        log_a = jnp.maximum(jax.nn.log_softmax(glm.adj_logits, -1), _LOGIT_FLOOR)
+        log_a = jax.nn.log_softmax(glm.adj_logits, -1)
         log_abar = jax.nn.log_softmax(glm.global_logits, -1)[None]
         dens = (gammaln(float(n_class)) + (n_class - 1) * jnp.log(tau)
                 - n_class * jax.nn.logsumexp(log_abar - tau * log_a, axis=-1)
@@ -195,19 +224,32 @@ def log_prior(glm: GLMParams, cfg: _Config):
     return jnp.zeros((), glm.weight.dtype)
 
 
-def _posterior(params: Params, data: _Data, cfg: _Config, weights):
-    ll = emission_loglik(params.glm, weights, data, cfg)
+def _posterior(params: Params, data: _Data, cfg: _Config, weights) -> HMMPosterior:
+    """Forward-backward batch by batch; marginals stay ``(n_batches, L, S)``."""
     smoother = hmm_smoother_parallel if cfg.parallel else hmm_smoother
-    return smoother(params.initial, params.transition, ll, data.resets)
+
+    def one(batch):
+        ll = emission_loglik(params.glm, weights, batch, cfg)
+        return smoother(params.initial, params.transition, ll, batch.resets)
+
+    post = _map_batches(one, data)
+    # Padding rows are resets: recount the sequence starts on the valid rows only.
+    starts = (data.resets & data.valid)[..., None]
+    return HMMPosterior(jnp.sum(post.marginal_loglik), post.filtered_probs,
+                        post.smoothed_probs, jnp.sum(post.expected_transitions, 0),
+                        jnp.sum(jnp.where(starts, post.smoothed_probs, 0.0), (0, 1)))
 
 
 def marginal_loglik(params: Params, data: _Data, cfg: _Config, *, hard: bool = True):
     """``log p(x)`` by the forward algorithm (the held-out criterion)."""
     weights = effective_weights(params.glm, cfg, hard=hard)
-    ll = emission_loglik(params.glm, weights, data, cfg)
-    if cfg.parallel:
-        return hmm_filter_parallel(params.initial, params.transition, ll, data.resets)[0]
-    return hmm_filter(params.initial, params.transition, ll, data.resets)[0]
+    forward = hmm_filter_parallel if cfg.parallel else hmm_filter
+
+    def one(batch):
+        ll = emission_loglik(params.glm, weights, batch, cfg)
+        return forward(params.initial, params.transition, ll, batch.resets)[0]
+
+    return jnp.sum(_map_batches(one, data))
 
 
 def _update_transitions(post, cfg: _Config):
@@ -231,6 +273,15 @@ def _close_gaussian(glm: GLMParams, cfg: _Config) -> GLMParams:
     return glm._replace(global_mean=mean, log_sigma=0.5 * jnp.log(sigma2))
 
 
+def _correct_extreme(logits):
+    # The Concrete density grows without bound towards the simplex's vertices, and a
+    # saturated softmax passes no gradient: halve the logits of any edge with a class
+    # log-probability below _LOGIT_FLOOR, so that the likelihood and the global class
+    # probabilities can still move it (reference: correct_extreme_onehot).
+    extreme = jnp.any(jax.nn.log_softmax(logits, -1) < _LOGIT_FLOOR, -1, keepdims=True)
+    return jnp.where(extreme, 0.5 * logits, logits)
+
+
 def _close_onehot(glm: GLMParams) -> GLMParams:
     # Global class probabilities in closed form, like W_bar for the Gaussian prior: the
     # posterior mean of a categorical over the states' relaxed adjacencies, with one
@@ -242,12 +293,18 @@ def _close_onehot(glm: GLMParams) -> GLMParams:
 
 def _m_step_objective(glm: GLMParams, gamma, data: _Data, cfg: _Config, scale, key=None):
     weights = effective_weights(glm, cfg, key=key)
-    ll = emission_loglik(glm, weights, data, cfg)
-    return -(jnp.sum(gamma * ll) + log_prior(glm, cfg)) / scale
+
+    def one(inputs):
+        batch, gamma_b = inputs
+        return jnp.sum(gamma_b * emission_loglik(glm, weights, batch, cfg))
+
+    expected = jnp.sum(_map_batches(one, (data, gamma), checkpoint=True))
+    return -(expected + log_prior(glm, cfg)) / scale
 
 
 def _make_em_step(cfg: _Config, data: _Data):
-    scale = float(data.counts.size)
+    # Counted on the valid rows so that batching (padding) leaves the optimisation unchanged.
+    scale = jnp.sum(data.valid) * data.counts.shape[-1]
     lbfgs = _uses_lbfgs(cfg)
     adam = optax.adam(cfg.learning_rate)
 
@@ -285,7 +342,7 @@ def _make_em_step(cfg: _Config, data: _Data):
             if cfg.prior == "gaussian":
                 glm = _close_gaussian(glm, cfg)
             elif cfg.prior == "onehot":
-                glm = _close_onehot(glm)
+                glm = _close_onehot(glm._replace(adj_logits=_correct_extreme(glm.adj_logits)))
             return glm, opt_state
 
         return lax.fori_loop(0, cfg.m_steps, body, (glm, opt_state))
@@ -372,8 +429,12 @@ def _jitted_helpers(cfg: _Config):
 
     def viterbi(params, data):
         weights = effective_weights(params.glm, cfg, hard=True)
-        ll = emission_loglik(params.glm, weights, data, cfg)
-        return hmm_viterbi(params.initial, params.transition, ll, data.resets)
+
+        def one(batch):
+            ll = emission_loglik(params.glm, weights, batch, cfg)
+            return hmm_viterbi(params.initial, params.transition, ll, batch.resets)
+
+        return _map_batches(one, data)
 
     def loglik(params, data):
         return marginal_loglik(params, data, cfg)
@@ -439,19 +500,44 @@ def _sequences(ds, observation: str) -> tuple[list[np.ndarray], list[tuple]]:
     return seqs, origin
 
 
-def _design(seqs: list[np.ndarray], basis: np.ndarray, history_bins: int) -> _Data:
+def _check_batch_size(batch_size) -> int | None:
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise InputDataError(f"batch_size={batch_size!r}; give a positive number of trials "
+                             "per E-step batch, or None for all trials at once.")
+    return int(batch_size)
+
+
+def _design(seqs: list[np.ndarray], basis: np.ndarray, history_bins: int,
+            batch_size: int | None = None) -> _Data:
+    """Design of the sequences in batches of ``batch_size`` whole sequences (None: one)."""
     for seq in seqs:
         if seq.shape[0] <= history_bins:
             raise InputDataError(
                 f"a trial has {seq.shape[0]} time bins, not more than history_bins="
                 f"{history_bins}; shorten the history or use longer trials."
             )
-    feats = [np.asarray(filter_history(jnp.asarray(s), jnp.asarray(basis))) for s in seqs]
-    counts = np.concatenate(seqs)
-    features = np.concatenate([f.reshape(f.shape[0], -1) for f in feats])
-    resets = np.zeros(counts.shape[0], bool)
-    resets[np.cumsum([0] + [s.shape[0] for s in seqs[:-1]])] = True
-    return _Data(jnp.asarray(counts), jnp.asarray(features), jnp.asarray(resets))
+    size = len(seqs) if batch_size is None else batch_size
+    groups = [seqs[i:i + size] for i in range(0, len(seqs), size)]
+    length = max(sum(s.shape[0] for s in g) for g in groups)
+    n, nb = seqs[0].shape[1], seqs[0].shape[1] * basis.shape[1]
+    counts = np.zeros((len(groups), length, n))
+    features = np.zeros((len(groups), length, nb))
+    resets = np.ones((len(groups), length), bool)
+    valid = np.zeros((len(groups), length), bool)
+    for g, group in enumerate(groups):
+        start = 0
+        for seq in group:
+            stop = start + seq.shape[0]
+            counts[g, start:stop] = seq
+            features[g, start:stop] = np.asarray(
+                filter_history(jnp.asarray(seq), jnp.asarray(basis))).reshape(seq.shape[0], -1)
+            resets[g, start + 1:stop] = False
+            valid[g, start:stop] = True
+            start = stop
+    return _Data(jnp.asarray(counts), jnp.asarray(features), jnp.asarray(resets),
+                 jnp.asarray(valid))
 
 
 def _split(values: np.ndarray, seqs: list[np.ndarray]) -> list[np.ndarray]:
@@ -546,6 +632,12 @@ class HMMGLM(NeurodataModel):
         Relative change of the objective at which EM stops (0: run ``max_iter``).
     parallel
         Use the associative-scan E-step (faster for long sequences on a GPU).
+    batch_size
+        Trials per E-step batch (None: all at once). Batches run one after the other
+        (``lax.map``, with rematerialisation in the M-step gradient), so the working memory
+        of the E-step and of the M-step objective is that of ``batch_size`` trials;
+        results equal the unbatched ones up to rounding. Prediction methods use it too
+        unless given their own ``batch_size``.
     progress
         Show a progress bar.
     seed
@@ -596,6 +688,7 @@ class HMMGLM(NeurodataModel):
         learning_rate: float = 0.05,
         tol: float = 1e-7,
         parallel: bool = False,
+        batch_size: int | None = None,
         progress: bool = False,
         seed: int = 0,
     ):
@@ -617,6 +710,7 @@ class HMMGLM(NeurodataModel):
         self.learning_rate = learning_rate
         self.tol = tol
         self.parallel = parallel
+        self.batch_size = batch_size
         self.progress = progress
         self.seed = seed
 
@@ -639,12 +733,25 @@ class HMMGLM(NeurodataModel):
         glm = GLMParams(*(jnp.asarray(p[f]) for f in GLMParams._fields))
         return Params(jnp.asarray(p["initial"]), jnp.asarray(p["transition"]), glm)
 
-    def _prepare(self, ds) -> tuple[list[np.ndarray], list[tuple], _Data]:
+    def _evaluate(self, ds, which: int, batch_size):
+        """Run a jitted helper over batches of whole trials (bounded memory).
+
+        Returns the sequences, their origin and the helper's per-batch outputs.
+        """
+        self._check_fitted()
         seqs, origin = _sequences(ds, self.observation)
-        if hasattr(self, "neuron_id_") and seqs[0].shape[1] != len(self.neuron_id_):
+        if seqs[0].shape[1] != len(self.neuron_id_):
             raise InputDataError(f"ds has {seqs[0].shape[1]} neurons; the model was fitted "
                                  f"on {len(self.neuron_id_)}.")
-        return seqs, origin, _design(seqs, np.asarray(self.basis_), self.history_bins)
+        size = _check_batch_size(self.batch_size if batch_size is None else batch_size)
+        size = len(seqs) if size is None else size
+        helper = _jitted_helpers(self._config())[which]
+        params, basis = self._params(), np.asarray(self.basis_)
+        outs = []
+        for start in range(0, len(seqs), size):
+            data = _design(seqs[start:start + size], basis, self.history_bins)
+            outs.append(np.asarray(helper(params, data)))
+        return seqs, origin, outs
 
     # ------------------------------------------------------------------ fit
     def fit(self, ds) -> HMMGLM:
@@ -673,7 +780,7 @@ class HMMGLM(NeurodataModel):
                 f"neurons {ids[silent].tolist()} have no spikes in ds; their weights are not "
                 "identifiable. Drop them first (e.g. neurodata.preprocess.select_neurons)."
             )
-        data = _design(seqs, basis, self.history_bins)
+        data = _design(seqs, basis, self.history_bins, _check_batch_size(self.batch_size))
         rates = counts.mean(0)
         n, b = counts.shape[1], basis.shape[1]
         keys = jax.random.split(jax.random.PRNGKey(self.seed), int(self.n_restarts))
@@ -772,48 +879,43 @@ class HMMGLM(NeurodataModel):
                 out.append(xr.DataArray(mine[0], dims=("time", *extra_dims), coords=coords))
         return out if isinstance(ds, list | tuple) else out[0]
 
-    def predict_proba(self, ds) -> xr.DataArray:
+    def predict_proba(self, ds, *, batch_size: int | None = None) -> xr.DataArray:
         """Posterior state probabilities ``(trial, time, state)`` or ``(time, state)``.
 
         Parameters
         ----------
         ds
             Dataset (or list of datasets) like the training data.
+        batch_size
+            Trials per forward-backward batch (default: the model's ``batch_size``).
 
         Returns
         -------
         xarray.DataArray
             A list of them when ``ds`` is a list.
         """
-        self._check_fitted()
-        seqs, origin, data = self._prepare(ds)
-        proba, _, _ = _jitted_helpers(self._config())
-        gamma = np.asarray(proba(self._params(), data))
+        seqs, origin, outs = self._evaluate(ds, 0, batch_size)
+        # each group is one unpadded batch: (1, L, S)
+        gamma = np.concatenate([o[0] for o in outs])
         return self._per_sequence(ds, gamma, origin, seqs, ("state",),
                                   {"state": np.arange(self.n_states)})
 
-    def predict(self, ds) -> xr.DataArray:
+    def predict(self, ds, *, batch_size: int | None = None) -> xr.DataArray:
         """Most likely state path (Viterbi), ``(trial, time)`` or ``(time,)``, int."""
-        self._check_fitted()
-        seqs, origin, data = self._prepare(ds)
-        _, viterbi, _ = _jitted_helpers(self._config())
-        path = np.asarray(viterbi(self._params(), data))
+        seqs, origin, outs = self._evaluate(ds, 1, batch_size)
+        path = np.concatenate([o[0] for o in outs])
         return self._per_sequence(ds, path, origin, seqs, (), {})
 
-    def log_likelihood(self, ds) -> float:
+    def log_likelihood(self, ds, *, batch_size: int | None = None) -> float:
         """Marginal log-likelihood ``log p(x)`` (nats) by the forward algorithm."""
-        self._check_fitted()
-        _, _, data = self._prepare(ds)
-        _, _, loglik = _jitted_helpers(self._config())
-        return float(loglik(self._params(), data))
+        _, _, outs = self._evaluate(ds, 2, batch_size)
+        return float(np.sum(outs))
 
-    def score(self, ds, y=None) -> float:
+    def score(self, ds, y=None, *, batch_size: int | None = None) -> float:
         """Held-out marginal log-likelihood in bits per spike over constant training rates."""
-        self._check_fitted()
-        seqs, _, data = self._prepare(ds)
-        _, _, loglik = _jitted_helpers(self._config())
-        return bits_per_spike(float(loglik(self._params(), data)), np.concatenate(seqs),
-                              self.rates_, self.observation)
+        seqs, _, outs = self._evaluate(ds, 2, batch_size)
+        return bits_per_spike(float(np.sum(outs)), np.concatenate(seqs), self.rates_,
+                              self.observation)
 
 
 # --------------------------------------------------------------------------- selection
