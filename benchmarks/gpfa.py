@@ -2,27 +2,31 @@
 
 ``python -m benchmarks.gpfa [--quick]``. Same simulated data, same initial parameters
 (elephant's FA initialisation) and the same number of EM iterations for both; timescale
-learning on in both. Compile time is reported separately. Device-agnostic: runs on
-whatever JAX's default backend is (float64).
+learning on in both. Compile time is reported separately, and the XLA memory plan of our
+jitted EM step (temporary buffers) against trial length and number of trials. Every
+measurement runs in its own subprocess under a time limit (jaxlib 0.10.2's CPU runtime has
+stalled in long Cholesky-heavy loops), so a stalled point is reported as such and the others
+still run. Device-agnostic: runs on whatever JAX's default backend is (float64).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-import neurodata  # noqa: F401  (x64)
-from benchmarks.common import machine, peak_rss_mb, write_result
-from neurodata.models.gpfa import _core, simulate
+from benchmarks.common import machine, write_result
 
 
 def _problem(n_trials: int, n_time: int, n_neurons: int, n_latents: int):
     from sklearn.decomposition import FactorAnalysis
+
+    from neurodata.models.gpfa import simulate
 
     ds, _ = simulate(n_trials=n_trials, n_time=n_time, n_neurons=n_neurons,
                      n_latents=n_latents, observation="poisson", seed=0)
@@ -38,98 +42,186 @@ def _problem(n_trials: int, n_time: int, n_neurons: int, n_latents: int):
 
 
 def _ours(y, init, var_floor, n_iter):
+    import jax
+    import jax.numpy as jnp
+
+    from neurodata.models.gpfa import _core
+    from neurodata.models.gpfa._estimator import _lapack_single_thread
+
     params = _core.GPFAParams(jnp.asarray(init["C"]), jnp.asarray(init["d"]),
                               jnp.asarray(np.diag(init["R"])), jnp.log(init["gamma"]),
                               jnp.asarray(init["eps"]))
     buckets = [jnp.asarray(y)]
     step = jax.jit(lambda prm: _core.em_step(prm, buckets, jnp.asarray(var_floor),
                                              _core.EMOptions()))
-    start = time.perf_counter()
-    new, ll = step(params)
-    jax.block_until_ready(ll)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(n_iter):
-        params, ll = step(params)
-    jax.block_until_ready(ll)
-    per_iter = (time.perf_counter() - start) / n_iter
-    return per_iter, max(first - per_iter, 0.0)
+    temp = step.lower(params).compile().memory_analysis().temp_size_in_bytes
+    with _lapack_single_thread():  # as GPFA.fit does
+        start = time.perf_counter()
+        jax.block_until_ready(step(params))
+        first = time.perf_counter() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n_iter):
+            params, ll = step(params)
+        jax.block_until_ready(ll)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"wall": wall / n_iter, "cpu": cpu / n_iter, "compile": max(first - wall / n_iter, 0),
+            "temp_mb": temp / 2**20}
+
+
+def _temp_mb(n_trials, n_time, q, p):
+    """XLA's temporary-buffer plan (MB) of one EM step, compiled only."""
+    import jax
+    import jax.numpy as jnp
+
+    from neurodata.models.gpfa import _core
+
+    params = _core.GPFAParams(jnp.ones((q, p)), jnp.zeros(q), jnp.ones(q), jnp.zeros(p),
+                              jnp.full(p, 1e-3))
+    y = jax.ShapeDtypeStruct((n_trials, n_time, q), jnp.float64)
+    step = jax.jit(lambda prm, yy: _core.em_step(prm, [yy], jnp.ones(q), _core.EMOptions()))
+    return step.lower(params, y).compile().memory_analysis().temp_size_in_bytes / 2**20
 
 
 def _elephant(y, init, n_iter):
     from elephant.gpfa import gpfa_core
 
     seqs = np.array([(v.shape[0], v.T.copy()) for v in y], dtype=[("T", int), ("y", "O")])
-    start = time.perf_counter()
-    gpfa_core.em(copy.deepcopy(init), seqs, max_iters=n_iter, tol=-1.0, freq_ll=1)
-    return (time.perf_counter() - start) / n_iter
+    start, cpu = time.perf_counter(), time.process_time()
+    gpfa_core.em(copy.deepcopy(init), seqs, max_iters=n_iter, tol=-1.0, freq_ll=1,
+                 verbose=False)
+    return {"wall": (time.perf_counter() - start) / n_iter,
+            "cpu": (time.process_time() - cpu) / n_iter}
+
+
+def _point(n, T, q, p, n_ours, n_el):
+    """One measurement (run in a subprocess): JSON on stdout."""
+    import neurodata  # noqa: F401  (x64, XLA flags)
+
+    y, init, floor = _problem(n, T, q, p)
+    out = {"ours": _ours(y, init, floor, n_ours)}
+    if n_el:
+        out["elephant"] = _elephant(y, init, n_el)
+    return out
+
+
+def _run_point(args, timeout):
+    cmd = [sys.executable, "-m", "benchmarks.gpfa", "--point", json.dumps(args)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"stalled or too slow: no result within {timeout} s"
+    if res.returncode:
+        return None, f"failed (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:]}"
+    return json.loads(res.stdout.strip().splitlines()[-1]), ""
 
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--point", help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args(argv)
-    q, p = (30, 4) if args.quick else (100, 8)
-    cases = [("a", 200, 20), ("b", 50, 200)] if not args.quick else [("a", 40, 20),
-                                                                        ("b", 10, 60)]
-    n_iter_el = 2 if args.quick else 5
+    if args.point:
+        print(json.dumps(_point(*json.loads(args.point))))
+        return ""
+    if args.quick:
+        q, p, cases, lengths, n_el = 30, 4, [("a", 40, 20), ("b", 10, 60)], [20, 50], 2
+    else:
+        q, p, n_el = 100, 8, 5
+        cases = [("a", 200, 20), ("b", 50, 200)]
+        lengths = [20, 50, 100, 200, 500, 1000]
     rows: list[str] = []
     curve: list[str] = []
+    memory: list[str] = []
 
     def save():
-        write_result("gpfa", _markdown(q, p, n_iter_el, rows, curve))
+        return write_result("gpfa", _markdown(q, p, n_el, rows, curve, memory, args.timeout))
 
     for name, n, T in cases:
-        y, init, floor = _problem(n, T, q, p)
-        ours, compile_s = _ours(y, init, floor, 20 if not args.quick else 5)
-        el = _elephant(y, init, n_iter_el)
-        rows.append(f"| ({name}) {n} trials x {T} bins | {el * 1e3:.1f} | {ours * 1e3:.2f} | "
-                    f"{el / ours:.1f}x | {compile_s:.1f} |")
+        res, why = _run_point([n, T, q, p, 20 if not args.quick else 5, n_el], args.timeout)
+        if res is None:
+            rows.append(f"| ({name}) {n} trials x {T} bins | - | - | - | - | {why} |")
+        else:
+            el, ours = res["elephant"], res["ours"]
+            rows.append(
+                f"| ({name}) {n} trials x {T} bins | {el['wall'] * 1e3:.0f} | "
+                f"{ours['wall'] * 1e3:.1f} | **{el['wall'] / ours['wall']:.1f}x** | "
+                f"{el['cpu'] / ours['cpu']:.1f}x | {ours['compile']:.1f} |")
         print(rows[-1], flush=True)
         save()
-    lengths = [20, 50, 100, 200, 500] if not args.quick else [20, 50]
-    if not args.quick:
-        lengths.append(1000)
     for T in lengths:
         n = max(2, 2000 // T)
-        y, init, floor = _problem(n, T, q, p)
-        ours, compile_s = _ours(y, init, floor, 3 if T >= 500 else 10)
-        el = _elephant(y, init, 2) if T <= 200 else float("nan")
-        ratio = f"{el / ours:.1f}x" if np.isfinite(el) else "-"
-        el_txt = f"{el * 1e3:.0f}" if np.isfinite(el) else "not run"
-        curve.append(f"| {T} | {n} | {ours * 1e3:.1f} | {el_txt} | {ratio} | {compile_s:.1f} |")
+        n_ours = 10 if T < 500 else 2
+        res, why = _run_point([n, T, q, p, n_ours, 2 if T <= 200 else 0], args.timeout)
+        if res is None:
+            curve.append(f"| {T} | {n} | {why} | | | | |")
+        else:
+            ours, el = res["ours"], res.get("elephant")
+            el_txt = f"{el['wall'] * 1e3:.0f}" if el else "not run"
+            ratio = f"{el['wall'] / ours['wall']:.1f}x" if el else "-"
+            curve.append(f"| {T} | {n} | {ours['wall'] * 1e3:.1f} | {ours['cpu'] * 1e3:.1f} | "
+                         f"{el_txt} | {ratio} | {ours['compile']:.1f} | "
+                         f"{ours['temp_mb']:.1f} |")
         print(curve[-1], flush=True)
         save()
-    return _markdown(q, p, n_iter_el, rows, curve)
+    # memory plan: per trial (doubling the trials at fixed T) and per trial length
+    import neurodata  # noqa: F401
+
+    T_mem = 200 if not args.quick else 60
+    per_trial = (_temp_mb(100, T_mem, q, p) - _temp_mb(50, T_mem, q, p)) / 50
+    sizes = [50, 100, 200, 400] if not args.quick else [20, 40]
+    temps = [_temp_mb(4, T, q, p) for T in sizes]
+    slope = np.polyfit(np.log(sizes), np.log(temps), 1)[0]
+    memory.append(
+        f"XLA's buffer plan for one jitted EM step ({q} neurons, {p} latents). Per trial (50 "
+        f"vs 100 trials of {T_mem} bins): {per_trial * 1024:.0f} KB per extra trial, against "
+        f"{T_mem * (q + p) * 8 / 1024:.0f} KB for one trial's data and mean "
+        f"(T(q+p) doubles) and {p * T_mem**2 * 8 / 1024:.0f} KB for p T^2 doubles: per-trial "
+        f"memory is O(T(q+p)), below the O(T^2 p) bound. The shared part (4 trials, T = "
+        f"{', '.join(map(str, sizes))}): {', '.join(f'{t:.1f}' for t in temps)} MB, fitted "
+        f"exponent {slope:.2f} in T: the precision factors of the two half-size blocks, "
+        f"2 (pT/2)^2 doubles per trial length ({2 * (p * sizes[-1] / 2) ** 2 * 8 / 2**20:.1f}"
+        f" MB at T = {sizes[-1]}), shared by every trial of that length, and the Newton "
+        "M-step's p (T/2)^2 blocks.")
+    print(memory[-1], flush=True)
+    return save().read_text()
 
 
-def _markdown(q, p, n_iter_el, rows, curve) -> str:
+def _markdown(q, p, n_el, rows, curve, memory, timeout) -> str:
     return "\n".join([
         "## GPFA (neurodata JAX vs elephant 1.2.1)",
         "",
         f"Machine: {machine()}. {q} neurons, {p} latents, float64, timescale learning on in "
         "both, identical data and initial parameters (elephant's FA initialisation); time per "
         "EM iteration (E-step + M-step), compile time of our jitted EM step reported "
-        f"separately; elephant timed over {n_iter_el} iterations, ours over 20.",
+        f"separately; elephant timed over {n_el} iterations, ours over 20. Wall-clock ratio "
+        "(the figure that counts) and process CPU-time ratio (less sensitive to other jobs on "
+        "a shared machine). Ours runs with BLAS/LAPACK single-threaded, as `GPFA.fit` does; "
+        "elephant with its default threads. Each case runs in its own process.",
         "",
-        "| case | elephant ms/iter | neurodata ms/iter | speed-up | neurodata compile s |",
-        "|---|---|---|---|---|",
+        "| case | elephant ms/iter | neurodata ms/iter | speed-up (wall) | speed-up (CPU) "
+        "| neurodata compile s |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
-        "Time per iteration against trial length (about 2000 bins in total per size):",
+        "Time per iteration against trial length (about 2000 bins in total per size; "
+        "elephant run up to T = 200 only; each point in its own process with a "
+        f"{timeout} s limit):",
         "",
-        "| T (bins) | trials | neurodata ms/iter | elephant ms/iter | speed-up | compile s |",
-        "|---|---|---|---|---|---|",
+        "| T (bins) | trials | neurodata ms/iter | neurodata CPU ms/iter | elephant ms/iter "
+        "| speed-up | compile s | XLA temp MB |",
+        "|---|---|---|---|---|---|---|---|",
         *curve,
         "",
-        f"Peak RSS of the benchmark process: {peak_rss_mb():.0f} MB. Memory: the posterior "
-        "precision is factorised once per trial length (two half-size blocks of "
-        "(pT/2)^2, shared by all trials of that length); per trial only the O(pT) mean is "
-        "kept. The E-step splits the problem into time-symmetric and antisymmetric halves "
-        "(exact), a 4x saving on the cubic cost.",
+        *memory,
         "",
-        "Measured on a 2-core machine shared with other jobs: absolute times are noisy; the "
-        "ratios come from back-to-back runs in one process.",
+        "Where the time goes (case (b), profiled piece by piece): the E-step is two Cholesky "
+        "factorisations of the half-size (pT/2 = 800) precision plus their selected inverse "
+        "(latent-diagonal blocks only, by trailing triangular solves: half the flops of a "
+        "solve against the identity); the M-step's timescale update is a vmapped Newton "
+        "iteration on log gamma with backtracking that stops at convergence (3-5 "
+        "evaluations of value, gradient and curvature per EM iteration, each O(p T^3 / 4)), "
+        "in place of a fixed 8 steps x 8 line-search points before.",
     ])
 
 

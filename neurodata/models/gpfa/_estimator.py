@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from sklearn.decomposition import FactorAnalysis
+from threadpoolctl import threadpool_limits
 
 from neurodata.data import from_arrays, validate
 from neurodata.errors import InputDataError, SchemaError
@@ -61,6 +62,18 @@ def _trial_lengths(values: np.ndarray) -> np.ndarray:
     return lengths
 
 
+def _lapack_single_thread():
+    """Run BLAS/LAPACK single-threaded while GPFA computes.
+
+    jaxlib's CPU Cholesky and triangular solves call scipy's OpenBLAS, and XLA may run
+    several of them at once (the two halves, the latents' Newton updates). With OpenBLAS's
+    own threads on top, a busy 2-core machine was measured 50x slower on an 800 x 800
+    Cholesky (1.5 s instead of 30 ms), and EM at 200-bin trials stalled past a 150 s limit
+    in 3 of 3 runs, against 3 of 3 finished with one thread. The limit is restored on exit.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 @functools.lru_cache(maxsize=16)
 def _runner(options: core.EMOptions, chunk_size: int):
     return make_chunk_runner(_step_fn(options), chunk_size)
@@ -74,8 +87,15 @@ def _step_fn(options: core.EMOptions):
     return step
 
 
-_posterior = jax.jit(core.posterior)
-_lno = jax.jit(core.leave_neuron_out)
+@jax.jit
+def _summary(params: core.GPFAParams, y: jnp.ndarray):
+    post = core.posterior(params, y)
+    return post.mean, post.var, post.loglik
+
+
+@jax.jit
+def _lno(params: core.GPFAParams, y: jnp.ndarray):
+    return (core.leave_neuron_out(params, y),)
 
 
 class GPFA(NeurodataModel):
@@ -117,6 +137,14 @@ class GPFA(NeurodataModel):
     segment_length
         If set, fit on segments of this many bins cut from the training trials (overlaps
         drawn with ``seed``); inference (``transform``) always uses the full trials.
+    batch_size
+        Stream the E-step over this many trials at a time (default: all at once). The
+        posterior precision is factorised once per trial length and shared; per trial only
+        the posterior mean is kept, so the memory is ``O((pT)^2)`` plus ``O(batch_size T q)``
+        for the intermediates. ``transform``, ``score`` and ``predict_leave_neuron_out``
+        also read ``ds`` batch by batch (a lazily loaded, dask-backed dataset is loaded one
+        batch of trials at a time); ``fit`` keeps the training data in memory. Results are
+        identical to the unbatched ones (to rounding).
     seed
         Seed for the segment overlaps.
     progress
@@ -145,6 +173,7 @@ class GPFA(NeurodataModel):
         max_iter: int = 500,
         tol: float = 1e-8,
         segment_length: int | None = None,
+        batch_size: int | None = None,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -160,6 +189,7 @@ class GPFA(NeurodataModel):
         self.max_iter = max_iter
         self.tol = tol
         self.segment_length = segment_length
+        self.batch_size = batch_size
         self.seed = seed
         self.progress = progress
 
@@ -283,7 +313,8 @@ class GPFA(NeurodataModel):
             log_gamma=jnp.full(p, 2.0 * np.log(bin_size / self.tau_init)),
             eps=jnp.full(p, float(self.gp_noise)))
         var_floor = jnp.asarray(self.min_var_frac * np.var(pooled_train, axis=0, ddof=1))
-        params, lls, converged = self._em(params, train.buckets(), var_floor)
+        with _lapack_single_thread():
+            params, lls, converged = self._em(params, train.buckets(), var_floor)
 
         self.bin_size_ = bin_size
         self.sqrt_transform_ = self._uses_sqrt(ds["activity"])
@@ -296,7 +327,8 @@ class GPFA(NeurodataModel):
 
     def _em(self, params: core.GPFAParams, buckets, var_floor):
         options = core.EMOptions(learn_timescales=bool(self.learn_timescales),
-                                 learn_gp_noise=bool(self.learn_gp_noise))
+                                 learn_gp_noise=bool(self.learn_gp_noise),
+                                 batch_size=self._batch_size())
         chunk = max(1, min(25, int(self.max_iter)))
         result = iterate(_step_fn(options), (params, buckets, var_floor),
                          max_iter=int(self.max_iter), tol=float(self.tol), chunk_size=chunk,
@@ -342,15 +374,36 @@ class GPFA(NeurodataModel):
 
     # ------------------------------------------------------------------ inference
 
-    def _posteriors(self, ds: xr.Dataset):
+    def _batch_size(self) -> int | None:
+        if self.batch_size is None:
+            return None
+        if int(self.batch_size) < 1:
+            raise InputDataError(f"batch_size must be >= 1 or None, got {self.batch_size}.")
+        return int(self.batch_size)
+
+    def _stream(self, ds: xr.Dataset, fn):
+        """Apply ``fn(params, y_bucket)`` to the trials of ``ds``, ``batch_size`` at a time.
+
+        Yields ``(trial indices, T, outputs as numpy)``. In batches every bucket is padded
+        to ``batch_size`` trials so that each trial length compiles once.
+        """
         params = self._params()
-        trials = self._activity(ds, self._neuron_ids())
-        if self.sqrt_transform_ != self._uses_sqrt(ds["activity"]):
-            raise InputDataError("ds's activity signal differs from the one the model was "
-                                 "fitted on (spike counts vs a continuous signal).")
-        out = {T: _posterior(params, y) for T, y in zip(trials.groups, trials.buckets(),
-                                                        strict=True)}
-        return trials, out
+        ids = self._neuron_ids()
+        size = self._batch_size()
+        n = ds.sizes.get("trial", 0)
+        for start in range(0, max(n, 1), size or max(n, 1)):
+            part = ds if size is None else ds.isel(trial=slice(start, start + size))
+            trials = self._activity(part, ids)
+            if self.sqrt_transform_ != self._uses_sqrt(part["activity"]):
+                raise InputDataError("ds's activity signal differs from the one the model was "
+                                     "fitted on (spike counts vs a continuous signal).")
+            for T, idx in trials.groups.items():
+                y = trials.values[idx, :T]
+                if size is not None and idx.size < size:
+                    y = np.concatenate([y, np.zeros((size - idx.size,) + y.shape[1:])])
+                with _lapack_single_thread():
+                    out = jax.block_until_ready(fn(params, jnp.asarray(y)))
+                yield start + idx, T, [np.asarray(a)[:idx.size] for a in out]
 
     def transform(self, ds: xr.Dataset) -> xr.Dataset:
         """Posterior latents of every trial.
@@ -367,15 +420,14 @@ class GPFA(NeurodataModel):
             (orthonormalized, ordered by shared variance), each ``(trial, time, latent)``;
             NaN where a trial is padded. ``behavior`` and trial coordinates are carried over.
         """
-        trials, posts = self._posteriors(ds)
-        n, n_time = trials.values.shape[:2]
+        self._check_fitted()
+        n, n_time = ds.sizes["trial"], ds.sizes["time"]
         p = self.loadings_.sizes["latent"]
         mean = np.full((n, n_time, p), np.nan)
         var = np.full((n, n_time, p), np.nan)
-        for T, post in posts.items():
-            idx = trials.groups[T]
-            mean[idx, :T] = np.asarray(post.mean)
-            var[idx, :T] = np.asarray(post.var)
+        for idx, T, (mu, v, _) in self._stream(ds, _summary):
+            mean[idx, :T] = mu
+            var[idx, :T] = v
         orth = mean @ self.orth_transform_.T
         dims = ("trial", "time", "latent")
         out = xr.Dataset(
@@ -390,8 +442,8 @@ class GPFA(NeurodataModel):
 
     def score(self, ds: xr.Dataset, y: Any = None) -> float:
         """Marginal log-likelihood ``log p(y)`` of the trials in ``ds`` (summed)."""
-        _, posts = self._posteriors(ds)
-        return float(sum(np.sum(np.asarray(post.loglik)) for post in posts.values()))
+        self._check_fitted()
+        return float(sum(np.sum(ll) for _, _, (_, _, ll) in self._stream(ds, _summary)))
 
     def predict_leave_neuron_out(self, ds: xr.Dataset) -> xr.DataArray:
         """Predict each neuron from all the others (exact, no refit).
@@ -402,11 +454,11 @@ class GPFA(NeurodataModel):
             ``(trial, time, neuron)`` predictions in the modelled space (square-rooted
             counts when ``sqrt_transform_``).
         """
-        params = self._params()
-        trials = self._activity(ds, self._neuron_ids())
-        pred = np.full(trials.values.shape, np.nan)
-        for T, y in zip(trials.groups, trials.buckets(), strict=True):
-            pred[trials.groups[T], :T] = np.asarray(_lno(params, y))
+        self._check_fitted()
+        pred = np.full((ds.sizes["trial"], ds.sizes["time"], self.loadings_.sizes["neuron"]),
+                       np.nan)
+        for idx, T, (p_lno,) in self._stream(ds, _lno):
+            pred[idx, :T] = p_lno
         return xr.DataArray(pred, dims=("trial", "time", "neuron"),
                             coords={"neuron_id": ("neuron", self._neuron_ids())})
 
