@@ -96,19 +96,22 @@ def test_matches_dynamax():
     from dynamax.hidden_markov_model import inference as dyn
 
     rng = np.random.default_rng(3)
-    n, s = 200, 4
+    # The shapes of test_long_sequence_parallel_matches_sequential, with no resets after
+    # the first bin, so that the compiled smoothers are shared.
+    n, s = 1000, 4
     init = jnp.asarray(rng.dirichlet(np.ones(s)))
     trans = jnp.asarray(rng.dirichlet(np.ones(s), size=s))
     ll = jnp.asarray(rng.normal(size=(n, s)) * 3.0)
+    no_resets = jnp.zeros(n, bool)
     ref_f = dyn.hmm_filter(init, trans, ll)
     ref_s = dyn.hmm_smoother(init, trans, ll)
     for smoother in (hmm_smoother, hmm_smoother_parallel):
-        post = smoother(init, trans, ll)
+        post = smoother(init, trans, ll, no_resets)
         np.testing.assert_allclose(post.marginal_loglik, ref_f.marginal_loglik, atol=1e-6)
         np.testing.assert_allclose(post.filtered_probs, ref_f.filtered_probs, atol=1e-6)
         np.testing.assert_allclose(post.smoothed_probs, ref_s.smoothed_probs, atol=1e-6)
     xi = dyn.compute_transition_probs(trans, ref_s)
-    np.testing.assert_allclose(hmm_smoother(init, trans, ll).expected_transitions,
+    np.testing.assert_allclose(hmm_smoother(init, trans, ll, no_resets).expected_transitions,
                                np.asarray(xi).sum(0) if np.ndim(xi) == 3 else xi, atol=1e-6)
 
 
