@@ -368,11 +368,11 @@ def test_linear_bootstrap_path_equals_gathered_rdms(rng):
     groups = jnp.asarray([0, 0, 1, 2, 2])
     g = jax.random.randint(jax.random.key(0), (6, 3), 0, 3).at[0].set(1)  # one subject
     s = jax.random.randint(jax.random.key(1), (6, 9), 0, 9)
-    for method in ("corr", "cosine"):
-        fast = inference._bootstrap_linear(d[:2], d[2:], groups, g, s, method)
-        slow = inference._bootstrap_core(d[:2], d[2:], groups, g, s, method, 3)
-        for a, b in zip(fast, slow, strict=True):
-            np.testing.assert_allclose(a, b, atol=1e-10)
+    # corr only: cosine shares every step but the centring (and compiling is the cost here)
+    fast = inference._bootstrap_linear(d[:2], d[2:], groups, g, s, "corr")
+    slow = inference._bootstrap_core(d[:2], d[2:], groups, g, s, "corr", 3)
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-10)
 
 
 def test_fdr():
