@@ -380,10 +380,12 @@ def cv_corrected_covariance(samples: Any, *, use_correction: bool = True) -> np.
 
     Examples
     --------
-    >>> rng = np.random.default_rng(0)
-    >>> m = rng.normal(size=(4000, 1, 1, 1)); x = m + 2 * rng.normal(size=(4000, 1, 1, 2))
-    >>> round(float(cv_corrected_covariance(x)[0, 0, 0]), 1)
+    >>> rng = np.random.default_rng(0)  # var(m) = 1, var(e) = 1, 2 repetitions
+    >>> m = rng.normal(size=(100000, 1, 1, 1)); x = m + rng.normal(size=(100000, 1, 1, 2))
+    >>> round(float(cv_corrected_covariance(x)[0, 0, 0]), 2)
     1.0
+    >>> round(float(cv_corrected_covariance(x, use_correction=False)[0, 0, 0]), 2)
+    1.5
     """
     x = np.asarray(samples, dtype=float)
     n_b, n_rep = x.shape[0], x.shape[-1]
