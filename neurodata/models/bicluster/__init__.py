@@ -5,10 +5,13 @@ Counts ``y_it`` (time bin ``t``, neuron ``i``) are negative binomial with log me
 trajectory ``mu^{(k)}`` and ``p`` latent factors ``x^{(k)}``. The stacked trajectories of
 all clusters follow a switching linear dynamical system whose discrete state ``xi_t`` (the
 temporal cluster, shared by all neurons) picks ``(A, b, Q)`` and follows a sticky HDP-HMM
-(weak-limit truncation ``max_states``); the dynamics act block-diagonally, one block per
-cluster (see :mod:`neurodata.models.bicluster._core` for why). Neuron clusters are a
-``max_clusters``-truncated Dirichlet(``gamma / K``) mixture (a sparse finite mixture: the
-number of occupied clusters is inferred). The sweep is in
+(weak-limit truncation ``max_states``); by default each state's ``(A, b, Q)`` is shared by
+every cluster's latent rows (``dynamics="cluster"``: one block per cluster; see
+:mod:`neurodata.models.bicluster._core` for why the reference's coupled matrices are not
+used). Neuron clusters are a ``max_clusters``-truncated Dirichlet(``gamma / K``) mixture (a
+sparse finite mixture: the number of occupied clusters is inferred) or, with
+``cluster_prior="mfm"``, a mixture of finite mixtures with a geometric prior on the number
+of components. The sweep is in
 :mod:`neurodata.models.bicluster._core`; every block draws from its exact conditional (no
 history-dependent heuristics, no Laplace approximations). Chains start from k-means
 initialisations (``init_clusters``, ``init_states``; see ``_init.py``): the kernel mixes
@@ -39,12 +42,29 @@ from neurodata.models._base import NeurodataModel
 from neurodata.models.bicluster import _core
 from neurodata.models.bicluster._init import initial_values
 from neurodata.models.bicluster._simulate import simulate
-from neurodata.models.bicluster._summaries import align, coclustering, max_pear
+from neurodata.models.bicluster._summaries import (
+    align,
+    cluster_profile,
+    coclustering,
+    max_pear,
+    procrustes,
+)
 
 __all__ = ["BiClustering", "simulate"]
 
-# one compiled runner per (priors, observation, thin, chunk, shapes), reused across fits
+# One compiled runner per (priors, observation, thin, chunk, shapes), reused across fits.
+# (XLA's backend optimisation level 0 halves the compile time at tiny sizes but makes the
+# sweep about 4x slower at T = 300, so the default level is kept.)
 _RUNNER = jax.jit(_core.run_blocks, static_argnames=("priors", "negbin", "thin", "chunk"))
+# RngBitGenerator-based keys: the sweep makes dozens of random draws, and threefry's
+# unrolled hash doubles its compile time; splitting and folding in stay threefry (sound).
+_KEY_IMPL = "rbg"
+
+
+def chain_keys(seed: int, n_chains: int) -> jax.Array:
+    """Key of chain ``c``: ``fold_in(key(seed), c)`` (``rbg`` implementation)."""
+    root = jax.random.key(seed, impl=_KEY_IMPL)
+    return jax.vmap(lambda c: jax.random.fold_in(root, c))(jnp.arange(n_chains))
 
 _DRAW_FIELDS = ("z", "states", "delta", "loadings", "dispersion", "latents", "A", "b", "Q",
                 "trans", "weights", "loglik", "n_clusters", "n_states")
@@ -88,6 +108,9 @@ class BiClustering(NeurodataModel):
         Number ``p`` of latent factors per cluster.
     observation
         ``"negbin"`` (dispersion sampled per neuron) or ``"poisson"`` (NB with ``r = 100``).
+    dynamics
+        ``"shared"``: each state selects one ``(A, b, Q)`` that acts on every cluster's
+        ``latent_dim + 1`` rows; ``"cluster"``: each state has separate blocks per cluster.
     n_chains
         Chains run in parallel with ``vmap``.
     n_samples
@@ -104,6 +127,14 @@ class BiClustering(NeurodataModel):
         uninterrupted run.
     chunk_size
         Kept-draw blocks (of ``thin`` sweeps) per compiled call.
+    cluster_prior
+        ``"dirichlet"``: sparse finite mixture, weights ``~ Dirichlet(gamma / K)`` over the
+        ``K = max_clusters`` slots; ``"mfm"``: mixture of finite mixtures (Miller & Harrison
+        2018) with a geometric prior on the number of components (truncated at ``K``) and
+        ``Dirichlet(gamma)`` weights, as in the reference.
+    mfm_geometric
+        Parameter ``r`` of the geometric prior ``P(k) = r (1 - r)^(k - 1)`` (0.2 in the
+        paper's simulation, 0.415 on its real data).
     init_clusters, init_states
         Numbers of k-means clusters used to start the neuron labels and the states.
     cluster_concentration, hmm_alpha, hmm_gamma, hmm_kappa
@@ -121,9 +152,11 @@ class BiClustering(NeurodataModel):
         Posterior co-clustering probabilities.
     latents_ : xarray.DataArray
         ``(cluster, time, latent, stat)`` aligned trajectories: posterior mean and 95 %
-        band. Each draw is centred over time; its factors are rotated onto a reference
-        draw (Procrustes), the reference being put on its principal axes with positive
-        loadings.
+        band. Each draw's clusters are matched to the point estimate (Hungarian), then put
+        in the identified form of
+        :func:`~neurodata.models.bicluster._summaries.cluster_profile` (baseline = mean
+        log-rate course of the members, factors = principal components of the rest) and
+        the factors rotated onto the first draw's (Procrustes).
     dynamics_ : xarray.Dataset
         Posterior means of the per-cluster blocks of ``A``, ``b``, ``Q`` for every aligned
         state and cluster of the point estimates.
@@ -147,16 +180,19 @@ class BiClustering(NeurodataModel):
     """
 
     def __init__(self, max_clusters: int = 6, max_states: int = 6, latent_dim: int = 2,
-                 observation: str = "negbin", n_chains: int = 4, n_samples: int = 250,
+                 observation: str = "negbin", dynamics: str = "shared", n_chains: int = 4,
+                 n_samples: int = 250,
                  burn_in: int = 500, thin: int = 2, seed: int = 0,
                  checkpoint: str | os.PathLike | None = None, chunk_size: int = 25,
                  init_clusters: int = 3, init_states: int = 2,
+                 cluster_prior: str = "dirichlet", mfm_geometric: float = 0.2,
                  cluster_concentration: float = 1.0, hmm_alpha: float = 5.0,
                  hmm_gamma: float = 5.0, hmm_kappa: float = 10.0, progress: bool = True):
         self.max_clusters = max_clusters
         self.max_states = max_states
         self.latent_dim = latent_dim
         self.observation = observation
+        self.dynamics = dynamics
         self.n_chains = n_chains
         self.n_samples = n_samples
         self.burn_in = burn_in
@@ -166,6 +202,8 @@ class BiClustering(NeurodataModel):
         self.chunk_size = chunk_size
         self.init_clusters = init_clusters
         self.init_states = init_states
+        self.cluster_prior = cluster_prior
+        self.mfm_geometric = mfm_geometric
         self.cluster_concentration = cluster_concentration
         self.hmm_alpha = hmm_alpha
         self.hmm_gamma = hmm_gamma
@@ -178,18 +216,31 @@ class BiClustering(NeurodataModel):
         if self.observation not in ("negbin", "poisson"):
             raise InputDataError(f"observation={self.observation!r}; use 'negbin' or "
                                  "'poisson'.")
+        if self.dynamics not in ("shared", "cluster"):
+            raise InputDataError(f"dynamics={self.dynamics!r}; use 'shared' (one (A, b, Q) "
+                                 "per state for every cluster) or 'cluster'.")
         for name in ("max_clusters", "max_states", "latent_dim", "n_chains", "n_samples",
                      "thin", "chunk_size", "init_clusters", "init_states"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value < 1:
                 raise InputDataError(f"{name}={value!r}; it must be a positive integer.")
+        if self.cluster_prior not in ("dirichlet", "mfm"):
+            raise InputDataError(f"cluster_prior={self.cluster_prior!r}; use 'dirichlet' "
+                                 "(sparse finite mixture) or 'mfm' (geometric number of "
+                                 "clusters).")
+        if not 0.0 < self.mfm_geometric < 1.0:
+            raise InputDataError(f"mfm_geometric={self.mfm_geometric!r}; it must lie in "
+                                 "(0, 1).")
         if self.burn_in < 0:
             raise InputDataError(f"burn_in={self.burn_in!r}; it must be >= 0.")
 
     def _priors(self) -> _core.Priors:
         return _core.Priors(cluster_concentration=float(self.cluster_concentration),
+                            cluster_prior=self.cluster_prior,
+                            mfm_geometric=float(self.mfm_geometric),
                             hmm_alpha=float(self.hmm_alpha), hmm_gamma=float(self.hmm_gamma),
-                            hmm_kappa=float(self.hmm_kappa))
+                            hmm_kappa=float(self.hmm_kappa),
+                            shared_dynamics=self.dynamics == "shared")
 
     def _fingerprint(self, y: np.ndarray) -> str:
         params = {k: v for k, v in self.get_params().items()
@@ -204,8 +255,7 @@ class BiClustering(NeurodataModel):
             z0, s0, lat0, load0 = initial_values(
                 y, self.max_clusters, self.init_clusters, self.max_states, self.init_states,
                 self.latent_dim, seed=self.seed * 10007 + chain)
-            key = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), chain)
-            states.append(_core.init_state(key, data, z0, s0, lat0, load0, self.max_states,
+            states.append(_core.init_state(data, z0, s0, lat0, load0, self.max_states,
                                            priors, negbin))
         return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
@@ -281,15 +331,14 @@ class BiClustering(NeurodataModel):
                 state, blocks_done, saved_draws, trace = resumed
                 for f, v in saved_draws.items():
                     draws[f] = v
-        root = jax.random.PRNGKey(self.seed)
-        chain_keys = jax.vmap(lambda c: jax.random.fold_in(root, c))(jnp.arange(self.n_chains))
+        keys = chain_keys(self.seed, self.n_chains)
         bar = tqdm(total=total_blocks * thin, initial=blocks_done * thin, desc="bicluster",
                    disable=not self.progress, leave=False)
         try:
             while blocks_done < total_blocks:
                 state, (draw, lls) = _RUNNER(state, jnp.asarray(blocks_done),
                                              jnp.asarray(total_blocks), data, priors,
-                                             chain_keys, negbin, thin, chunk)
+                                             keys, negbin, thin, chunk)
                 n_run = min(chunk, total_blocks - blocks_done)
                 block_idx = blocks_done + np.arange(n_run)
                 keep = block_idx >= burn_blocks
@@ -354,18 +403,11 @@ class BiClustering(NeurodataModel):
                 members = z_flat[m] == k
                 if target >= n_hat or not members.any():
                     continue
-                mu = lat_all[m, :, k, 0]
-                x = lat_all[m, :, k, 1:] - lat_all[m, :, k, 1:].mean(axis=0)
+                mu, x = cluster_profile(lat_all[m, :, k], load_all[m][members])
                 if target not in reference:
-                    # the first draw fixes the convention: principal axes, positive loadings
-                    _, _, vt = np.linalg.svd(x, full_matrices=False)
-                    sign = np.sign(np.sum(load_all[m][members] @ vt.T, axis=0))
-                    reference[target] = x @ (vt.T * np.where(sign == 0, 1.0, sign))
-                # later draws: the rotation that best matches the reference (Procrustes);
-                # the model is invariant to rotating x against the loadings
-                u, _, wt = np.linalg.svd(x.T @ reference[target])
-                lat[m, target, :, 0] = mu - mu.mean()
-                lat[m, target, :, 1:] = x @ (u @ wt)
+                    reference[target] = x  # the first draw fixes the factors' orientation
+                lat[m, target, :, 0] = mu
+                lat[m, target, :, 1:] = procrustes(x, reference[target])
             # dynamics blocks of the occupied clusters, in the aligned state/cluster order
             # (raw coordinates: the rotation convention above is not applied to them)
             for s_slot in range(S):

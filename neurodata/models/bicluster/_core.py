@@ -2,27 +2,32 @@
 
 Shapes: ``T`` time bins, ``N`` neurons, ``K`` = ``max_clusters`` (truncation of the neuron
 mixture), ``d = p + 1`` latent rows per cluster (a baseline ``mu`` and ``p`` factors ``x``),
-``D = K d`` stacked latent dimension, ``S`` = ``max_states`` (weak-limit truncation of the
-HDP-HMM). Every cluster slot, occupied or empty, keeps a trajectory; empty slots follow the
-dynamics prior, so a neuron can move into a fresh cluster without a trans-dimensional move.
-The state-specific dynamics ``(A_s, b_s, Q_s)`` act block-diagonally (one ``d x d`` block
-per cluster): clusters share the switching times but not their couplings. Unlike the
-reference's full ``D x D`` matrices this lets the state update ignore empty slots exactly
-(their trajectories integrate out), which is what lets the state sequence mix.
+``S`` = ``max_states`` (weak-limit truncation of the HDP-HMM). Every cluster slot, occupied
+or empty, keeps a trajectory; empty slots follow the dynamics prior, so a neuron can move
+into a fresh cluster without a trans-dimensional move (Neal's algorithm 8 with the empty
+slots as auxiliary clusters). The state ``xi_t`` selects dynamics ``(A_s, b_s, Q_s)`` that act
+on each cluster's ``d`` rows: by default one ``d x d`` system shared by all clusters
+(``Priors.shared_dynamics``), otherwise one block per cluster and state. Either way the
+stacked dynamics are block-diagonal over clusters, which (unlike the reference's full
+``K d x K d`` matrices over the occupied clusters) lets the state and dynamics updates
+integrate the empty slots' trajectories out exactly and makes the trajectory update ``K``
+independent ``d``-dimensional Kalman runs.
 
-One sweep (each block draws from its exact full conditional, so the kernel is a valid
-Gibbs sampler with one Metropolis-Hastings step for the dispersion):
+One sweep (each block draws from its exact conditional, so the kernel is a valid partially
+collapsed Gibbs sampler with one Metropolis-Hastings step for the dispersion):
 
 1. States ``xi | X_occupied, dynamics`` by discrete FFBS (AR-HMM likelihoods of the
-   occupied clusters' trajectories; the empty slots' trajectories are integrated out, a
-   partially collapsed step that step 3 completes by redrawing every trajectory).
-2. ``omega ~ PG(y + r, psi - log r)`` (Pólya-Gamma augmentation of the NB likelihood).
-3. Latent trajectories ``X | omega, z, delta, c, xi, dynamics`` by Kalman FFBS (information
-   form, block-diagonal observation precision, ``O(D^3)`` per bin for any ``N``).
-4. ``(A_sk, b_sk, Q_sk) | X, xi`` from their matrix-normal inverse-Wishart posteriors.
+   occupied clusters' trajectories; the empty slots' trajectories are integrated out).
+2. Dynamics ``(A, b, Q) | X_occupied, xi`` from their matrix-normal inverse-Wishart
+   posteriors (empty slots still integrated out: steps 1-2 are a Gibbs sweep of the
+   marginal, and step 4 redraws every trajectory from its full conditional).
+3. ``omega ~ PG(y + r, psi - log r)`` (Pólya-Gamma augmentation of the NB likelihood).
+4. Latent trajectories ``X | omega, z, delta, c, xi, dynamics`` by Kalman FFBS, one
+   cluster at a time (vmapped; information-form observation potentials).
 5. Sticky HDP-HMM weights ``beta`` and transition rows by the CRT auxiliary-table scheme
    with the sticky override (Fox et al. 2011).
-6. Mixture weights ``pi | z``, then each neuron's ``(z_i, delta_i, c_i) | omega, X, pi``
+6. Mixture weights ``pi | z`` (under the MFM prior, the number of components first, from
+   ``p(k | partition)``), then each neuron's ``(z_i, delta_i, c_i) | omega, X, pi``
    jointly: ``(delta_i, c_i)`` are integrated out analytically (the PG-augmented likelihood
    is Gaussian in them), ``z_i`` is drawn from its exact collapsed conditional, then
    ``(delta_i, c_i) | z_i`` from their Gaussian posterior.
@@ -30,14 +35,19 @@ Gibbs sampler with one Metropolis-Hastings step for the dispersion):
    holding the NB logit ``psi - log r`` fixed, ``r_i`` has a gamma conditional up to the
    ``N(0, 1)`` prior of ``delta_i`` (which moves with ``log r_i``); that gamma is an
    independence proposal accepted with the ratio of the ``delta`` prior densities.
+
+:func:`sample_prior` draws every variable and the counts from the model (used by the
+Geweke joint-distribution test).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 from jax.scipy.special import gammaln
@@ -54,7 +64,13 @@ class Priors(NamedTuple):
     """Hyperparameters (defaults follow the reference simulation)."""
 
     cluster_concentration: float = 1.0
-    """``gamma``: mixture weights ``~ Dirichlet(gamma / K, ..., gamma / K)``."""
+    """``gamma``: mixture weights ``~ Dirichlet(gamma / K, ..., gamma / K)`` (sparse finite
+    mixture) or, under the MFM prior, ``Dirichlet(gamma, ..., gamma)`` over ``k`` components."""
+    cluster_prior: str = "dirichlet"
+    """``"dirichlet"``: ``K``-slot sparse finite mixture; ``"mfm"``: mixture of finite
+    mixtures with ``k ~ Geometric(mfm_geometric)`` components, truncated at ``K``."""
+    mfm_geometric: float = 0.2
+    """Success probability of the geometric prior ``P(k) = r (1 - r)^(k - 1)``, ``k >= 1``."""
     hmm_alpha: float = 5.0
     hmm_gamma: float = 5.0
     hmm_kappa: float = 10.0
@@ -69,6 +85,9 @@ class Priors(NamedTuple):
     dispersion_rate: float = 1.0
     poisson_dispersion: float = 100.0
     """Fixed ``r`` of the "Poisson" variant (NB with large dispersion, as in the reference)."""
+    shared_dynamics: bool = True
+    """One ``(A_s, b_s, Q_s)`` per state acting on every cluster's ``d`` latent rows; if
+    false, each cluster has its own blocks per state (clusters still share the switching)."""
 
 
 class ChainState(NamedTuple):
@@ -97,10 +116,13 @@ class Data(NamedTuple):
     tail_counts: jnp.ndarray  # (N, y_max): #{t : y_it > l} for l = 0 .. y_max - 1
 
 
-def make_data(y) -> Data:
-    """Precompute :class:`Data` from integer counts ``(T, N)``."""
+def make_data(y, y_max: int | None = None) -> Data:
+    """Precompute :class:`Data` from integer counts ``(T, N)``.
+
+    ``y_max`` (static, at least the largest count) fixes the shape under ``jit``.
+    """
     y = jnp.asarray(y, dtype=float)
-    y_max = max(int(jnp.max(y)), 1)
+    y_max = max(int(jnp.max(y)), 1) if y_max is None else y_max
     levels = jnp.arange(y_max, dtype=float)
     tail = jnp.sum(y.T[:, :, None] > levels[None, None, :], axis=1).astype(float)
     return Data(y, tail)
@@ -126,28 +148,26 @@ def _dirichlet(key, alpha):
 
 
 def sample_latents(key, state: ChainState, omega, kappa) -> jnp.ndarray:
-    """Kalman FFBS of all cluster trajectories given the PG variables; ``(T, K, d)``."""
+    """Kalman FFBS of every cluster's trajectory given the PG variables; ``(T, K, d)``.
+
+    Each neuron loads on one cluster and the dynamics act on each cluster's block
+    separately, so the posterior factorises over clusters: ``K`` independent ``d``-dimensional
+    FFBS runs (vmapped) replace one ``K d``-dimensional run (``K^2`` times fewer flops).
+    Empty slots get no observation potential and are drawn from their dynamics prior.
+    """
     T, K, d = state.latents.shape
-    D = K * d
     onehot = jax.nn.one_hot(state.z, K, dtype=omega.dtype)
     v = jnp.concatenate([jnp.ones_like(state.loadings[:, :1]), state.loadings], axis=1)
-    # pseudo-observation of c_i^T X: kappa/omega - (delta_i - log r_i), precision omega
+    # pseudo-observation of v_i^T X: kappa/omega - (delta_i - log r_i), precision omega
     resid = kappa - omega * (state.delta - jnp.log(state.dispersion))[None, :]
-    blocks = jnp.einsum("tn,nk,nd,ne->tkde", omega, onehot, v, v)
-    J = jnp.einsum("tkde,kl->tkdle", blocks, jnp.eye(K, dtype=omega.dtype)).reshape(T, D, D)
-    h = jnp.einsum("tn,nk,nd->tkd", resid, onehot, v).reshape(T, D)
+    J = jnp.einsum("tn,nk,nd,ne->ktde", omega, onehot, v, v)
+    h = jnp.einsum("tn,nk,nd->ktd", resid, onehot, v)
     prev = state.states[:-1]
-    x = ffbs(key, jnp.zeros(D), jnp.eye(D), block_diag(state.A[prev]),
-             state.b[prev].reshape(T - 1, D), block_diag(state.Q[prev]), J, h)
-    return x.reshape(T, K, d)
-
-
-def block_diag(blocks: jnp.ndarray) -> jnp.ndarray:
-    """``(..., K, d, d)`` blocks to ``(..., K d, K d)`` block-diagonal matrices."""
-    K, d = blocks.shape[-3], blocks.shape[-1]
-    eye = jnp.eye(K, dtype=blocks.dtype)
-    full = jnp.einsum("...kde,kl->...kdle", blocks, eye)
-    return full.reshape(*blocks.shape[:-3], K * d, K * d)
+    per_cluster = lambda a: jnp.moveaxis(a[prev], 1, 0)  # noqa: E731  (K, T-1, ...)
+    x = jax.vmap(ffbs, in_axes=(0, None, None, 0, 0, 0, 0, 0))(
+        jax.random.split(key, K), jnp.zeros(d), jnp.eye(d), per_cluster(state.A),
+        per_cluster(state.b), per_cluster(state.Q), J, h)
+    return jnp.moveaxis(x, 0, 1)
 
 
 def transition_loglik(latents, A, b, Q, occupied) -> jnp.ndarray:
@@ -194,29 +214,52 @@ def _sample_mniw(key, Suu, Syu, Syy, n, S0, nu0):
     return AB[:, :D], AB[:, D], Q
 
 
-def sample_dynamics(key, latents, states, n_states: int, priors: Priors):
-    """Per state and cluster, ``(A, b, Q)`` from the MNIW posterior given ``X`` and ``xi``.
+def dynamics_statistics(latents, states, occupied, n_states: int, priors: Priors):
+    """MNIW posterior statistics ``(Suu, Syu, Syy, n)`` of the dynamics, prior included.
 
-    Prior: ``[A | b] ~ MN([I | 0], Q, K_0^{-1})``, ``Q ~ IW(S_0, d + 2)``.
+    Per state and cluster ``(S, K, ...)``, or pooled over clusters ``(S, ...)`` when
+    ``priors.shared_dynamics``. Empty slots (``occupied`` zero) contribute nothing: their
+    trajectories are integrated out (they have no data), so their blocks follow the prior.
     """
     T, K, d = latents.shape
     u = jnp.concatenate([latents[:-1], jnp.ones((T - 1, K, 1))], axis=2)  # (T-1, K, d+1)
     y = latents[1:]
-    W = jax.nn.one_hot(states[:-1], n_states, dtype=latents.dtype)
+    W = (jax.nn.one_hot(states[:-1], n_states, dtype=latents.dtype)[:, :, None]
+         * occupied[None, None, :])  # (T-1, S, K)
+    if priors.shared_dynamics:
+        spec = "tsk,tkd,tke->sde"
+        n = jnp.sum(W, axis=(0, 2))
+    else:
+        spec = "tsk,tkd,tke->skde"
+        n = jnp.sum(W, axis=0)
     K0 = priors.dynamics_precision * jnp.eye(d + 1)
     M0 = jnp.concatenate([jnp.eye(d), jnp.zeros((d, 1))], axis=1)
-    Suu = jnp.einsum("ts,tkd,tke->skde", W, u, u) + K0
-    Syu = jnp.einsum("ts,tkd,tke->skde", W, y, u) + M0 @ K0
-    Syy = jnp.einsum("ts,tkd,tke->skde", W, y, y) + M0 @ K0 @ M0.T
-    n = jnp.broadcast_to(jnp.sum(W, axis=0)[:, None], (n_states, K))
+    Suu = jnp.einsum(spec, W, u, u) + K0
+    Syu = jnp.einsum(spec, W, y, u) + M0 @ K0
+    Syy = jnp.einsum(spec, W, y, y) + M0 @ K0 @ M0.T
+    return Suu, Syu, Syy, n
+
+
+def sample_dynamics(key, latents, states, occupied, n_states: int, priors: Priors):
+    """``(A, b, Q)`` per state (and cluster) from the MNIW posterior given ``X_occupied``, ``xi``.
+
+    Prior: ``[A | b] ~ MN([I | 0], Q, K_0^{-1})``, ``Q ~ IW(S_0, d + 2)``. Returns arrays of
+    shape ``(S, K, d, d)``, ``(S, K, d)``, ``(S, K, d, d)``; with shared dynamics every
+    cluster's block is the same draw.
+    """
+    K, d = latents.shape[1:]
+    Suu, Syu, Syy, n = dynamics_statistics(latents, states, occupied, n_states, priors)
+    lead = n.shape
     S0 = priors.dynamics_scale * jnp.eye(d)
     nu0 = d + priors.dynamics_dof_extra
-    flat = lambda a: a.reshape(n_states * K, *a.shape[2:])  # noqa: E731
-    keys = jax.random.split(key, n_states * K)
+    flat = lambda a: a.reshape(-1, *a.shape[len(lead):])  # noqa: E731
+    keys = jax.random.split(key, math.prod(lead))
     A, b, Q = jax.vmap(_sample_mniw, in_axes=(0, 0, 0, 0, 0, None, None))(
         keys, flat(Suu), flat(Syu), flat(Syy), flat(n), S0, nu0)
-    return (A.reshape(n_states, K, d, d), b.reshape(n_states, K, d),
-            Q.reshape(n_states, K, d, d))
+    A, b, Q = (a.reshape(*lead, *a.shape[1:]) for a in (A, b, Q))
+    if priors.shared_dynamics:
+        A, b, Q = (jnp.broadcast_to(a[:, None], (n_states, K, *a.shape[1:])) for a in (A, b, Q))
+    return A, b, Q
 
 
 def _crt_sum(key, counts, conc, max_count: int):
@@ -268,14 +311,52 @@ def cluster_log_marginals(latents, omega, kappa, log_r, log_weights):
     return logp, mean, chol
 
 
+def mfm_log_components(n_occupied, n_neurons: int, n_slots: int, priors: Priors):
+    """``log p(k | partition)`` for ``k = 1 .. n_slots`` under the MFM prior (unnormalised).
+
+    Miller & Harrison (2018): ``p(C | k) = k! / (k - t)! * Gamma(k g) / Gamma(k g + n) *
+    prod_c Gamma(|c| + g) / Gamma(g)`` for a partition ``C`` with ``t`` blocks, so
+    ``p(k | C) ∝ p(k) k! / (k - t)! Gamma(k g) / Gamma(k g + n)``.
+    """
+    k = jnp.arange(1, n_slots + 1, dtype=float)
+    g, r = priors.cluster_concentration, priors.mfm_geometric
+    logp = (jnp.log(r) + (k - 1) * jnp.log1p(-r) + gammaln(k + 1)
+            - gammaln(jnp.maximum(k - n_occupied + 1, 1.0)) + gammaln(k * g)
+            - gammaln(k * g + n_neurons))
+    return jnp.where(k >= n_occupied, logp, -jnp.inf)
+
+
+def sample_weights(key, z, n_slots: int, priors: Priors):
+    """Mixture weights ``(K,)`` given the labels (zero on inactive slots under MFM).
+
+    Under the MFM prior the number of components ``k`` is drawn from ``p(k | partition)``
+    first; the occupied slots plus the first ``k - t`` empty ones are the active components
+    (empty slots are exchangeable: their trajectories are i.i.d. prior draws, so which ones
+    are activated does not matter), and the weights are ``Dirichlet(g + n_j)`` over them.
+    """
+    N = z.shape[0]
+    counts = jnp.zeros(n_slots).at[z].add(1.0)
+    k_k, k_w = jax.random.split(key)
+    if priors.cluster_prior == "mfm":
+        occupied = counts > 0
+        n_occ = jnp.sum(occupied)
+        k = 1 + jax.random.categorical(k_k, mfm_log_components(n_occ, N, n_slots, priors))
+        empty_rank = jnp.cumsum(~occupied) - 1
+        active = occupied | (empty_rank < k - n_occ)
+        g = jnp.maximum(sample_gamma(k_w, priors.cluster_concentration + counts), _FLOOR)
+        g = jnp.where(active, g, 0.0)
+        return g / jnp.sum(g)
+    return _dirichlet(k_w, priors.cluster_concentration / n_slots + counts)
+
+
 def sample_clusters(key, state: ChainState, latents, omega, kappa, priors: Priors):
     """Draw the mixture weights, then ``(z_i, delta_i, c_i)`` jointly for every neuron."""
     K = latents.shape[1]
     k_w, k_z, k_beta = jax.random.split(key, 3)
-    counts = jnp.zeros(K).at[state.z].add(1.0)
-    weights = _dirichlet(k_w, priors.cluster_concentration / K + counts)
+    weights = sample_weights(k_w, state.z, K, priors)
+    log_w = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
     logp, mean, chol = cluster_log_marginals(latents, omega, kappa, jnp.log(state.dispersion),
-                                             jnp.log(weights))
+                                             log_w)
     z = jax.random.categorical(k_z, logp, axis=1).astype(jnp.int32)
     idx = jnp.arange(z.shape[0])
     m, L = mean[idx, z], chol[idx, z]
@@ -312,13 +393,14 @@ def sweep(key, state: ChainState, data: Data, priors: Priors, negbin: bool) -> C
     r = state.dispersion
     K = state.latents.shape[1]
     occupied = (jnp.zeros(K).at[state.z].add(1.0) > 0).astype(y.dtype)
-    states = sample_states(keys[2], state.latents, state.A, state.b, state.Q, state.trans,
+    states = sample_states(keys[0], state.latents, state.A, state.b, state.Q, state.trans,
                            occupied)
+    A, b, Q = sample_dynamics(keys[1], state.latents, states, occupied, S, priors)
     psi = log_rate(state)
-    omega = sample_pg(keys[0], y + r[None, :], psi - jnp.log(r)[None, :])
+    omega = sample_pg(keys[2], y + r[None, :], psi - jnp.log(r)[None, :])
     kappa = (y - r[None, :]) / 2.0
-    latents = sample_latents(keys[1], state._replace(states=states), omega, kappa)
-    A, b, Q = sample_dynamics(keys[3], latents, states, S, priors)
+    latents = sample_latents(keys[3], state._replace(states=states, A=A, b=b, Q=Q), omega,
+                             kappa)
     beta, trans = sample_transitions(keys[4], states, state.beta, priors)
     weights, z, delta, loadings = sample_clusters(keys[5], state, latents, omega, kappa, priors)
     new = state._replace(z=z, weights=weights, delta=delta, loadings=loadings, latents=latents,
@@ -331,37 +413,50 @@ def sweep(key, state: ChainState, data: Data, priors: Priors, negbin: bool) -> C
     return new._replace(loglik=nb_loglik(y, psi, new.dispersion), sweep=state.sweep + 1)
 
 
-def init_state(key, data: Data, z0, states0, latents0, loadings0, n_states: int,
-               priors: Priors, negbin: bool) -> ChainState:
+def init_state(data: Data, z0, states0, latents0, loadings0, n_states: int, priors: Priors,
+               negbin: bool) -> ChainState:
     """Build a starting point from initial labels, states, trajectories and loadings.
 
-    The dynamics are drawn from their conditional given those; the rest start at prior
-    means.
+    The dynamics start at their posterior mean given those (numpy, nothing to compile); the
+    rest start at prior means.
     """
     T, N = data.y.shape
     K, d = latents0.shape[1:]
-    v = jnp.concatenate([jnp.ones((N, 1)), loadings0], axis=1)
-    fitted = jnp.einsum("tnd,nd->tn", latents0[:, z0, :], v)
-    delta = jnp.mean(jnp.log(data.y + 0.5) - fitted, axis=0)
+    y = np.asarray(data.y)
+    latents0 = np.asarray(latents0, dtype=float)
+    states0 = np.asarray(states0, dtype=np.int32)
+    z0 = np.asarray(z0, dtype=np.int32)
+    v = np.concatenate([np.ones((N, 1)), loadings0], axis=1)
+    fitted = np.einsum("tnd,nd->tn", latents0[:, z0, :], v)
+    delta = np.mean(np.log(y + 0.5) - fitted, axis=0)
     r0 = 10.0 if negbin else priors.poisson_dispersion
-    trans = (jnp.full((n_states, n_states), priors.hmm_alpha / n_states)
-             + priors.hmm_kappa * jnp.eye(n_states))
-    latents0 = jnp.asarray(latents0, dtype=float)
-    states0 = jnp.asarray(states0, dtype=jnp.int32)
-    A, b, Q = sample_dynamics(key, latents0, states0, n_states, priors)
+    trans = (np.full((n_states, n_states), priors.hmm_alpha / n_states)
+             + priors.hmm_kappa * np.eye(n_states))
+    occupied = (np.bincount(z0, minlength=K) > 0).astype(float)
+    Suu, Syu, Syy, n = (np.asarray(a) for a in dynamics_statistics(
+        jnp.asarray(latents0), jnp.asarray(states0), jnp.asarray(occupied), n_states, priors))
+    AB = np.linalg.solve(Suu, np.swapaxes(Syu, -1, -2))
+    AB = np.swapaxes(AB, -1, -2)
+    Sn = priors.dynamics_scale * np.eye(d) + Syy - AB @ np.swapaxes(Syu, -1, -2)
+    # inverse-Wishart mean: S_n / (nu_n - d - 1), nu_n = d + dof_extra + n
+    Q = 0.5 * (Sn + np.swapaxes(Sn, -1, -2)) / (n + priors.dynamics_dof_extra - 1.0
+                                                 )[..., None, None]
+    A, b = AB[..., :d], AB[..., d]
+    if priors.shared_dynamics:
+        A, b, Q = (np.broadcast_to(a[:, None], (n_states, K, *a.shape[1:])) for a in (A, b, Q))
     return ChainState(
-        z=jnp.asarray(z0, dtype=jnp.int32),
+        z=jnp.asarray(z0),
         weights=jnp.full(K, 1.0 / K),
-        delta=delta,
+        delta=jnp.asarray(delta),
         loadings=jnp.asarray(loadings0, dtype=float),
         dispersion=jnp.full(N, r0),
-        latents=latents0,
-        states=states0,
-        A=A,
-        b=b,
-        Q=Q,
+        latents=jnp.asarray(latents0),
+        states=jnp.asarray(states0),
+        A=jnp.asarray(A),
+        b=jnp.asarray(b),
+        Q=jnp.asarray(Q),
         beta=jnp.full(n_states, 1.0 / n_states),
-        trans=trans / jnp.sum(trans, axis=1, keepdims=True),
+        trans=jnp.asarray(trans / np.sum(trans, axis=1, keepdims=True)),
         loglik=jnp.asarray(-jnp.inf),
         sweep=jnp.asarray(0, dtype=jnp.int32),
     )
@@ -405,3 +500,70 @@ def run_blocks(states: ChainState, start_block, n_blocks_total, data: Data, prio
         return lax.scan(block, state, jnp.arange(chunk))
 
     return jax.vmap(one_chain)(states, base_keys)
+
+
+def sample_prior(key, n_time: int, n_neurons: int, n_slots: int, n_states: int, latent_dim: int,
+                 priors: Priors, negbin: bool):
+    """One joint draw of every variable of the model and the counts from the prior.
+
+    The generative model that :func:`sweep` targets, with the same truncations; it is the
+    "marginal-conditional" simulator of a Geweke (2004) joint-distribution test.
+
+    Returns
+    -------
+    state, y
+        A :class:`ChainState` and ``(T, N)`` float counts.
+    """
+    T, N, K, S, d = n_time, n_neurons, n_slots, n_states, latent_dim + 1
+    keys = jax.random.split(key, 12)
+    beta = _dirichlet(keys[0], jnp.full(S, priors.hmm_gamma / S))
+    trans = _dirichlet(keys[1], priors.hmm_alpha * beta[None, :] + priors.hmm_kappa * jnp.eye(S))
+
+    def next_state(s, k):
+        s = jax.random.categorical(k, jnp.log(trans[s]))
+        return s, s
+
+    s0 = jax.random.randint(keys[2], (), 0, S)
+    _, rest = lax.scan(next_state, s0, jax.random.split(keys[3], T - 1))
+    states = jnp.concatenate([s0[None], rest]).astype(jnp.int32)
+    # prior MNIW draws: the posterior update with no data
+    empty = jnp.zeros((T, K, d))
+    A, b, Q = sample_dynamics(keys[4], empty, states, jnp.zeros(K), S, priors)
+    x0 = jax.random.normal(keys[5], (K, d))
+
+    def step(x, inputs):
+        s, k = inputs
+        noise = jnp.einsum("kde,ke->kd", psd_cholesky(Q[s]), jax.random.normal(k, (K, d)))
+        x = jnp.einsum("kde,ke->kd", A[s], x) + b[s] + noise
+        return x, x
+
+    _, xs = lax.scan(step, x0, (states[:-1], jax.random.split(keys[6], T - 1)))
+    latents = jnp.concatenate([x0[None], xs])
+    if priors.cluster_prior == "mfm":
+        k = 1 + jax.random.categorical(keys[7], jnp.log(priors.mfm_geometric)
+                                       + jnp.arange(K) * jnp.log1p(-priors.mfm_geometric))
+        g = sample_gamma(keys[8], jnp.full(K, priors.cluster_concentration))
+        g = jnp.where(jnp.arange(K) < k, g, 0.0)
+        weights = g / jnp.sum(g)
+    else:
+        weights = _dirichlet(keys[8], jnp.full(K, priors.cluster_concentration / K))
+    z = jax.random.categorical(keys[9], jnp.log(weights), shape=(N,)).astype(jnp.int32)
+    coef = jax.random.normal(keys[10], (N, d))
+    k_r, k_y = jax.random.split(keys[11])
+    dispersion = (sample_gamma(k_r, jnp.full(N, priors.dispersion_shape))
+                  / priors.dispersion_rate if negbin else jnp.full(N, priors.poisson_dispersion))
+    state = ChainState(z=z, weights=weights, delta=coef[:, 0], loadings=coef[:, 1:],
+                       dispersion=dispersion, latents=latents, states=states, A=A, b=b, Q=Q,
+                       beta=beta, trans=trans, loglik=jnp.asarray(0.0),
+                       sweep=jnp.asarray(0, dtype=jnp.int32))
+    return state, sample_counts(k_y, state)
+
+
+def sample_counts(key, state: ChainState) -> jnp.ndarray:
+    """NB counts ``(T, N)`` given every variable (gamma-Poisson mixture)."""
+    r = state.dispersion[None, :]
+    k_g, k_p = jax.random.split(key)
+    rate = sample_gamma(k_g, jnp.broadcast_to(r, (state.latents.shape[0], r.shape[1]))) / r
+    # jax.random.poisson needs a threefry key; derive one from the key's bits
+    k_p = jax.random.wrap_key_data(jax.random.bits(k_p, (2,), jnp.uint32), impl="threefry2x32")
+    return jax.random.poisson(k_p, rate * jnp.exp(log_rate(state))).astype(float)

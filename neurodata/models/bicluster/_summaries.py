@@ -76,3 +76,45 @@ def align(draw: np.ndarray, reference: np.ndarray, n_slots: int) -> np.ndarray:
     perm = np.empty(size, dtype=int)
     perm[rows] = cols
     return perm[:n_slots]
+
+
+def cluster_profile(latents: np.ndarray, loadings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Identified form of one cluster's trajectories: its members' log-rate contributions.
+
+    The model leaves ``(mu, x)`` identified only through ``f_it = mu_t + c_i^T x_t`` up to a
+    per-neuron constant (absorbed by ``delta_i``): shifting ``mu`` by ``a^T x``, any
+    invertible map of ``x`` against ``c`` and constant offsets leave the likelihood
+    unchanged, so raw draws drift and their average shrinks. This maps a draw to a
+    canonical form: ``f`` centred over time, the baseline is its mean over members, and the
+    factors are the leading principal components of the rest (scaled so that the loadings
+    have unit mean square). Remaining ambiguity: an orthogonal map of the factors (see
+    :func:`procrustes`).
+
+    Parameters
+    ----------
+    latents
+        ``(T, p + 1)`` rows ``[mu, x_1..x_p]`` of the cluster.
+    loadings
+        ``(n, p)`` loadings ``c_i`` of its members.
+
+    Returns
+    -------
+    baseline, factors
+        ``(T,)`` and ``(T, p)``.
+    """
+    n, p = loadings.shape
+    v = np.concatenate([np.ones((n, 1)), loadings], axis=1)
+    f = latents @ v.T
+    f = f - f.mean(axis=0)
+    baseline = f.mean(axis=1)
+    u, s, _ = np.linalg.svd(f - baseline[:, None], full_matrices=False)
+    factors = np.zeros((f.shape[0], p))
+    q = min(p, s.size)
+    factors[:, :q] = u[:, :q] * s[:q] / np.sqrt(n)
+    return baseline, factors
+
+
+def procrustes(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``x @ R`` with the orthogonal ``R`` that brings ``x`` closest to ``reference``."""
+    u, _, wt = np.linalg.svd(x.T @ reference)
+    return x @ (u @ wt)
