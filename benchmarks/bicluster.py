@@ -23,7 +23,7 @@ def _case(n_per_cluster: int, n_clusters: int, n_time: int, n_chains: int, sweep
           max_clusters: int, max_states: int) -> dict:
     import arviz as az
 
-    from neurodata.models.bicluster import _core, simulate
+    from neurodata.models.bicluster import _RUNNER, _core, chain_keys, simulate
     from neurodata.models.bicluster import _init as init
 
     ds, _ = simulate(n_neurons_per_cluster=n_per_cluster, n_clusters=n_clusters,
@@ -34,12 +34,10 @@ def _case(n_per_cluster: int, n_clusters: int, n_time: int, n_chains: int, sweep
     chains = []
     for c in range(n_chains):
         z0, s0, lat0, load0 = init.initial_values(y, max_clusters, 3, max_states, 2, 2, seed=c)
-        chains.append(_core.init_state(jax.random.PRNGKey(c), data, z0, s0, lat0, load0,
-                                       max_states, priors, True))
+        chains.append(_core.init_state(data, z0, s0, lat0, load0, max_states, priors, True))
     state = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *chains)
-    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.PRNGKey(0), c))(
-        jnp.arange(n_chains))
-    run = jax.jit(_core.run_blocks, static_argnames=("priors", "negbin", "thin", "chunk"))
+    keys = chain_keys(0, n_chains)
+    run = _RUNNER  # the estimator's compiled runner (its compiler options included)
     chunk = 25
     start = time.perf_counter()
     state, out = run(state, jnp.asarray(0), jnp.asarray(10**9), data, priors, keys, True, 1,
