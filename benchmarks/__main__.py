@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["nwb_load", "gpfa", "gpvae", "hmmglm", "ntf", "bicluster", "rsa"]
+BENCHMARKS = ["nwb_load", "gpfa", "gpvae", "hmmglm", "ntf", "bicluster", "rsa", "scaling", "gpu"]
 HEADER = """# Benchmark results
 
 Each section is written by `benchmarks/<name>.py` (run all with `make bench`), side by side
@@ -20,7 +20,8 @@ with the peer library in the same run. Ratios are peer time / neurodata time (hi
 better for neurodata). JIT compile time is reported separately from run time.
 
 GPU: no GPU machine was lent to the sessions that produced these figures; every benchmark
-runs unchanged on JAX's default device, and GPU rows are still to be recorded.
+runs unchanged on JAX's default device, and `python -m benchmarks.gpu` (last section) records
+the CPU-vs-GPU speed-ups with the device name when it runs on a machine with a GPU.
 Most figures were taken while other jobs shared the 2 cores (each section says so).
 """
 
