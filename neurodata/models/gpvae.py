@@ -1131,18 +1131,14 @@ def _make_train_fns(static, spec: Spec, grid, basis, optimizer, batch_size: int,
         return -(weight * elbos).sum() / jnp.maximum((weight * bins).sum(), 1.0)
 
     @jax.jit
-    def plan(key):
-        """Minibatch indices, padding weights and keys of one epoch."""
+    def epoch_fn(dyn, opt_state, data: _Batch, key):
         perm_key, key = jax.random.split(key)
         perm = jax.random.permutation(perm_key, n_train)
         pad = n_batches * batch_size - n_train
         idx = jnp.concatenate([perm, perm[:pad]]).reshape(n_batches, batch_size)
         weight = jnp.concatenate([jnp.ones(n_train), jnp.zeros(pad)]).reshape(
             n_batches, batch_size).astype(DTYPE)
-        return idx, weight, jax.random.split(key, n_batches)
 
-    @jax.jit
-    def steps(dyn, opt_state, data: _Batch, idx, weight, keys):
         def step(carry, inp):
             dyn, opt_state = carry
             i, w, k = inp
@@ -1151,22 +1147,9 @@ def _make_train_fns(static, spec: Spec, grid, basis, optimizer, batch_size: int,
             updates, opt_state = optimizer.update(grads, opt_state, dyn)
             return (eqx.apply_updates(dyn, updates), opt_state), -value
 
+        keys = jax.random.split(key, n_batches)
         (dyn, opt_state), elbos = jax.lax.scan(step, (dyn, opt_state), (idx, weight, keys))
-        return dyn, opt_state, elbos
-
-    def epoch_fn(dyn, opt_state, data: _Batch, key):
-        idx, weight, keys = plan(key)
-        if spec.fourier:
-            dyn, opt_state, elbos = steps(dyn, opt_state, data, idx, weight, keys)
-            return dyn, opt_state, elbos.mean()
-        # The time-domain model runs one minibatch per call: long Cholesky-heavy jitted loops
-        # can deadlock jaxlib 0.10.2's CPU runtime (all threads idle), seen at 300 x 60.
-        elbos = []
-        for b in range(n_batches):
-            dyn, opt_state, e = steps(dyn, opt_state, data, idx[b:b + 1], weight[b:b + 1],
-                                      keys[b:b + 1])
-            elbos.append(e)
-        return dyn, opt_state, jnp.concatenate(elbos).mean()
+        return dyn, opt_state, elbos.mean()
 
     return epoch_fn, elbo_fn
 
