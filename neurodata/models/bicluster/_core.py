@@ -18,9 +18,11 @@ collapsed Gibbs sampler with one Metropolis-Hastings step for the dispersion):
 
 1. States ``xi | X_occupied, dynamics`` by discrete FFBS (AR-HMM likelihoods of the
    occupied clusters' trajectories; the empty slots' trajectories are integrated out).
-2. Dynamics ``(A, b, Q) | X_occupied, xi`` from their matrix-normal inverse-Wishart
-   posteriors (empty slots still integrated out: steps 1-2 are a Gibbs sweep of the
-   marginal, and step 4 redraws every trajectory from its full conditional).
+2. Shared dynamics ``(A, b, Q) | X_occupied, xi`` from their matrix-normal
+   inverse-Wishart posteriors (empty slots still integrated out: steps 1-2 are a Gibbs
+   sweep of the marginal, and step 4 redraws every trajectory from its full conditional).
+   Per-cluster blocks (``shared_dynamics=False``) are drawn after step 4 instead, each
+   given its own slot's trajectory.
 3. ``omega ~ PG(y + r, psi - log r)`` (Pólya-Gamma augmentation of the NB likelihood).
 4. Latent trajectories ``X | omega, z, delta, c, xi, dynamics`` by Kalman FFBS, one
    cluster at a time (vmapped; information-form observation potentials).
@@ -395,12 +397,20 @@ def sweep(key, state: ChainState, data: Data, priors: Priors, negbin: bool) -> C
     occupied = (jnp.zeros(K).at[state.z].add(1.0) > 0).astype(y.dtype)
     states = sample_states(keys[0], state.latents, state.A, state.b, state.Q, state.trans,
                            occupied)
-    A, b, Q = sample_dynamics(keys[1], state.latents, states, occupied, S, priors)
+    if priors.shared_dynamics:
+        A, b, Q = sample_dynamics(keys[1], state.latents, states, occupied, S, priors)
+    else:
+        A, b, Q = state.A, state.b, state.Q
     psi = log_rate(state)
     omega = sample_pg(keys[2], y + r[None, :], psi - jnp.log(r)[None, :])
     kappa = (y - r[None, :]) / 2.0
     latents = sample_latents(keys[3], state._replace(states=states, A=A, b=b, Q=Q), omega,
                              kappa)
+    if not priors.shared_dynamics:
+        # per-cluster blocks after the trajectories, every slot given its own trajectory: an
+        # empty slot's block drawn from the prior alone can be explosive and overflow its
+        # prior-drawn trajectory over hundreds of bins
+        A, b, Q = sample_dynamics(keys[1], latents, states, jnp.ones(K), S, priors)
     beta, trans = sample_transitions(keys[4], states, state.beta, priors)
     weights, z, delta, loadings = sample_clusters(keys[5], state, latents, omega, kappa, priors)
     new = state._replace(z=z, weights=weights, delta=delta, loadings=loadings, latents=latents,
