@@ -244,6 +244,8 @@ def test_recovers_planted_biclusters(paper_simulation):
         corr.append(np.corrcoef(mu, fitted)[0, 1])
     print(f"recovery: neuron ARI {neuron_ari:.3f}, state ARI {state_ari:.3f}, "
           f"baseline correlations {np.round(corr, 3)}")
+    # measured (2 chains, 200 sweeps): neuron ARI 1.000, state ARI 0.567, baseline
+    # correlations 0.947 / 0.910 / 0.936; the states need far longer runs (issue: >= 0.8)
     assert neuron_ari >= 0.95, neuron_ari
     assert state_ari >= 0.5, state_ari
     assert min(corr) >= 0.8, corr
