@@ -15,13 +15,16 @@ from __future__ import annotations
 import importlib
 import os
 
-# jaxlib 0.10.2's CPU runtime intermittently deadlocks in long Cholesky-heavy while loops
-# (GPFA EM on trials of 120+ bins, the time-domain GP-VAE); switching off the
-# concurrency-optimised scheduler made it rarer in our reproductions (see README, Known
-# issue). XLA reads XLA_FLAGS when the backend starts, so this runs before any computation.
-_XLA_CPU_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_CPU_FLAG}".strip()
+# jaxlib's CPU LAPACK kernels (Cholesky, triangular solves) split a batch of matrices over
+# XLA's intra-op thread pool and block until the pieces are done. When XLA runs two such
+# kernels at once, each holding one of the pool's threads, no thread is left to run the pieces:
+# with a pool of 2 (a 2-core machine) GPFA EM on long trials and the time-domain GP-VAE
+# deadlocked every few runs (gdb: both pool threads waiting in jax::ParallelBatchMap). A pool
+# of one thread runs the pieces inline, so nothing can wait on itself; BLAS and LAPACK keep
+# their own threads. jaxlib reads PJRT_NPROC (or NPROC) when the CPU backend starts, so this
+# runs before any computation; a value the user set is left as it is.
+if "PJRT_NPROC" not in os.environ and "NPROC" not in os.environ:
+    os.environ["PJRT_NPROC"] = "1"
 
 import jax  # noqa: E402
 
