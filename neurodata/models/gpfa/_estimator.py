@@ -69,9 +69,9 @@ def _lapack_single_thread():
     several of them at once (the two halves, the latents' Newton updates). With OpenBLAS's
     own threads on top, a busy 2-core machine was measured 50x slower on an 800 x 800
     Cholesky (1.5 s instead of 30 ms); 30 EM iterations at 200-bin trials missed a 150 s
-    limit in 3 of 3 runs and finished in 3 of 3 with one thread. It does not remove
-    jaxlib 0.10.2's intermittent CPU stall (an EM step at 500-bin trials still stalled once
-    with one thread, idle at 0% CPU). The limit is restored on exit.
+    limit in 3 of 3 runs and finished in 3 of 3 with one thread. (The separate deadlock of
+    XLA's intra-op pool is prevented in ``neurodata/__init__.py``.) The limit is restored on
+    exit.
     """
     return threadpool_limits(limits=1, user_api="blas")
 
