@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import string
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -42,14 +43,18 @@ from scipy.optimize import linear_sum_assignment
 
 from neurodata.errors import InputDataError
 from neurodata.models._base import NeurodataModel
+from neurodata.models._jax.memory import device_memory, plan_batch_size
 from neurodata.models.affinity import affinity_tensor, pairs_to_matrix
 
 __all__ = [
     "NTF",
     "DynamicConnectome",
+    "TensorStream",
     "affinity_tensor",
     "congruence",
     "fit_cp",
+    "fit_cp_stream",
+    "plan_stream",
     "pairs_to_matrix",
     "rank_diagnostics",
     "simulate",
@@ -157,18 +162,38 @@ def _hals_nnls(k_mat, grams, f, inner_iter: int, inner_tol: float, floor: float)
     return f
 
 
-def _sweep(y, mask, norm_sq, factors, method, inner_iter, inner_tol, floor, eps):
-    """One outer iteration (every mode once); returns the factors and the relative error."""
+def _update(k_mat, grams, f, method: str, inner_iter: int, inner_tol: float, floor: float,
+            eps: float):
+    """New factor of one mode from its normal-equation pieces ``K`` and ``G``."""
+    if method == "hals":
+        return _hals_nnls(k_mat, grams, f, inner_iter, inner_tol, floor)
+    return f * k_mat / (_gf(grams, f) + eps)
+
+
+def _rel_error(norm_sq, k_mat, grams, f):
+    """``|M*(A - model)| / |M*A|`` from the last mode's ``K``, ``G`` and factor."""
+    resid = norm_sq - 2.0 * jnp.sum(f * k_mat) + _quad(grams, f)
+    return jnp.sqrt(jnp.abs(resid) / norm_sq)
+
+
+def _sweep(stats, factors, update):
+    """One outer iteration: every mode once, in order (Gauss-Seidel).
+
+    ``stats(factors, mode) -> (K, G)`` gives the MTTKRP and the Gram(s) of a mode: from
+    the whole tensor (:func:`fit_cp`) or accumulated chunk by chunk (:func:`fit_cp_stream`);
+    ``update(K, G, f)`` is :func:`_update`. Returns the factors and the last ``(K, G)``,
+    from which :func:`_rel_error` gives the objective without a reconstruction.
+    """
     factors = list(factors)
     for mode in range(len(factors)):
-        grams = _grams(mask, factors, mode)
-        k_mat = _mttkrp(y, factors, mode)
-        if method == "hals":
-            factors[mode] = _hals_nnls(k_mat, grams, factors[mode], inner_iter, inner_tol, floor)
-        else:
-            factors[mode] = factors[mode] * k_mat / (_gf(grams, factors[mode]) + eps)
-    resid = norm_sq - 2.0 * jnp.sum(factors[-1] * k_mat) + _quad(grams, factors[-1])
-    return tuple(factors), jnp.sqrt(jnp.abs(resid) / norm_sq)
+        k_mat, grams = stats(factors, mode)
+        factors[mode] = update(k_mat, grams, factors[mode])
+    return tuple(factors), k_mat, grams
+
+
+def _running(it, err, prev, max_iter: int, tol):
+    """Whether a replicate keeps iterating: below the cap and still improving by ``tol``."""
+    return (it < max_iter) & ~((it > 1) & (prev - err < tol))
 
 
 @partial(jax.jit, static_argnames=("method", "max_iter", "inner_iter"))
@@ -221,17 +246,23 @@ def fit_cp(
     else:
         y = tensor
     norm_sq = jnp.sum(y * y)
+    update = partial(_update, method=method, inner_iter=inner_iter, inner_tol=inner_tol,
+                     floor=floor, eps=eps)
+
+    def stats(factors, mode):
+        return _mttkrp(y, factors, mode), _grams(mask, factors, mode)
 
     def one(init_factors):
         buf = jnp.full((max_iter,), jnp.nan, tensor.dtype)
 
         def cond(c):
             _, it, err, prev, _ = c
-            return (it < max_iter) & ~((it > 1) & (prev - err < tol))
+            return _running(it, err, prev, max_iter, tol)
 
         def body(c):
             f, it, err, _, buf = c
-            f, new = _sweep(y, mask, norm_sq, f, method, inner_iter, inner_tol, floor, eps)
+            f, k_mat, grams = _sweep(stats, f, update)
+            new = _rel_error(norm_sq, k_mat, grams, f[-1])
             return f, it + 1, new, err, buf.at[it].set(new)
 
         inf = jnp.array(jnp.inf, tensor.dtype)
@@ -241,6 +272,259 @@ def fit_cp(
 
     f, errs, n_iter = jax.vmap(one)(tuple(init))
     return CPFit(f, errs, n_iter)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _slice(arr, axis: int, start: int, stop: int):
+    idx = [slice(None)] * arr.ndim
+    idx[axis] = slice(start, stop)
+    return arr[tuple(idx)]
+
+
+class TensorStream:
+    """A tensor read chunk by chunk along one mode, for :func:`fit_cp_stream`.
+
+    Only one chunk is held at a time: a slice of a numpy, zarr or dask array (a lazy
+    :func:`affinity_tensor` computes its windows when the slice is read), or of a
+    DataArray backed by any of them. Every chunk but the last has ``chunk`` entries along
+    ``axis``; the last one is padded with unobserved zeros so that one compiled kernel
+    serves every chunk.
+
+    Parameters
+    ----------
+    data
+        The tensor (any array that slices, or a DataArray).
+    axis
+        The mode to stream along (e.g. 1, ``window``, for an affinity tensor).
+    chunk
+        Entries of that mode per chunk.
+    masks
+        Boolean masks of the observed entries, each broadcastable to the tensor (length 1
+        where it does not vary): they multiply. A mask that varies along ``axis`` (an
+        entry-wise mask, or the ``window_mask`` of an affinity tensor) is sliced with each
+        chunk; the others stay whole (they are small).
+    dtype
+        The solver's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> stream = TensorStream(np.ones((4, 10, 2)), axis=1, chunk=4)
+    >>> stream.n_chunks, stream.host_chunk(2)[0].shape
+    (3, (4, 4, 2))
+    """
+
+    def __init__(self, data, axis: int, chunk: int, masks=(), dtype="float64"):
+        self.data = data
+        self.shape = tuple(int(n) for n in data.shape)
+        self.axis = int(axis)
+        self.chunk = int(chunk)
+        self.dtype = np.dtype(dtype)
+        self.n_chunks = -(-self.shape[self.axis] // self.chunk)
+        masks = [np.asarray(m, bool) for m in masks]
+        self.chunked = [m for m in masks if m.shape[self.axis] > 1]
+        fixed = [m for m in masks if m.shape[self.axis] == 1]
+        self.static = None
+        for m in fixed:
+            self.static = m if self.static is None else self.static & m
+        self.mask_shape = np.broadcast_shapes(*(m.shape for m in masks)) if masks else None
+
+    @property
+    def masked(self) -> bool:
+        """Whether any entry is left out of the objective."""
+        return self.static is not None or bool(self.chunked)
+
+    def host_chunk(self, c: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Chunk ``c`` in the solver's dtype (padded) and its observed-entry mask, on the host.
+
+        Unobserved entries (and the padding) are zero, whatever the source holds there (NaN
+        included). The mask keeps length 1 where it does not vary; it is padded with False
+        when it varies along ``axis``.
+        """
+        start = c * self.chunk
+        stop = min(start + self.chunk, self.shape[self.axis])
+        if isinstance(self.data, xr.DataArray):
+            part = self.data.isel({self.data.dims[self.axis]: slice(start, stop)}).data
+        else:
+            part = _slice(self.data, self.axis, start, stop)
+        if hasattr(part, "dask"):
+            # one chunk at a time, on this thread (no pool holding several chunks)
+            part = part.compute(scheduler="synchronous")
+        x = np.asarray(part, dtype=self.dtype)
+        mask = self.static
+        for m in self.chunked:
+            m = _slice(m, self.axis, start, stop)
+            mask = m if mask is None else mask & m
+        if mask is not None:
+            x = np.where(mask, x, np.zeros((), self.dtype))
+        pad = self.chunk - x.shape[self.axis]
+        if pad:
+            width = [(0, 0)] * x.ndim
+            width[self.axis] = (0, pad)
+            x = np.pad(x, width)
+            if self.chunked:
+                mask = np.pad(mask, width)
+        return x, mask
+
+    def device_chunk(self, c: int):
+        """Chunk ``c`` on the device, and its mask when the mask varies along ``axis``."""
+        x, mask = self.host_chunk(c)
+        return jnp.asarray(x), (jnp.asarray(mask, self.dtype) if self.chunked else None)
+
+    def scan(self) -> tuple[float, list[np.ndarray]]:
+        """One pass: validate the observed entries; their squared norm and observed rows.
+
+        Returns
+        -------
+        norm_sq : float
+            Sum of squares of the observed entries.
+        seen : list of numpy.ndarray
+            Per mode, whether each row has an observed entry.
+
+        Raises
+        ------
+        InputDataError
+            NaN, Inf or negative observed entries, or no non-zero one.
+        """
+        low, nonzero, finite, norm_sq = np.inf, False, True, 0.0
+        n = len(self.shape)
+        seen = [np.zeros(k, bool) for k in self.shape]
+        seen[self.axis] = np.zeros(self.n_chunks * self.chunk, bool)
+        for c in range(self.n_chunks):
+            x, mask = self.host_chunk(c)
+            finite &= bool(np.all(np.isfinite(x)))
+            if not finite:
+                break
+            low = min(low, float(np.min(x)))
+            nonzero |= bool(np.any(x != 0))
+            norm_sq += float(np.sum(np.square(x, dtype=float)))
+            observed = np.broadcast_to(True if mask is None else mask, x.shape)
+            for k in range(n):
+                rows = observed.any(axis=tuple(j for j in range(n) if j != k))
+                if k == self.axis:
+                    seen[k][c * self.chunk:(c + 1) * self.chunk] = rows
+                else:
+                    seen[k] |= rows
+        _raise_unobservable(low, nonzero, finite)
+        seen[self.axis] = seen[self.axis][: self.shape[self.axis]]
+        return norm_sq, seen
+
+
+@partial(jax.jit, static_argnames=("mode", "axis"))
+def _chunk_stats(acc, y, mask, factors, start, *, mode: int, axis: int):
+    """Add one chunk's share of ``(K, G)`` of ``mode`` to ``acc``, for every replicate.
+
+    Along ``axis`` the chunk's rows of ``K`` (and of per-row ``G``) are written in place;
+    along the other modes its contraction is added. ``G`` is accumulated only when the
+    mask varies along ``axis`` (``mask`` given); otherwise it does not depend on the data.
+    """
+    size = y.shape[axis]
+
+    def one(acc, factors):
+        factors = list(factors)
+        factors[axis] = jax.lax.dynamic_slice_in_dim(factors[axis], start, size, axis=0)
+        part = (_mttkrp(y, factors, mode), None if mask is None else _grams(mask, factors, mode))
+        if mode == axis:
+            if part[1] is not None and part[1].ndim == 2:  # a chunk of one row
+                part = (part[0], part[1][None])
+            return jax.tree.map(
+                lambda a, p: jax.lax.dynamic_update_slice_in_dim(a, p, start, axis=0), acc, part)
+        return jax.tree.map(jnp.add, acc, part)
+
+    return jax.vmap(one)(acc, tuple(factors))
+
+
+_batched_grams = jax.jit(jax.vmap(_grams, in_axes=(None, 0, None)), static_argnums=2)
+_batched_error = jax.jit(jax.vmap(_rel_error, in_axes=(None, 0, 0, 0)))
+
+
+def fit_cp_stream(
+    stream: TensorStream,
+    init: tuple,
+    norm_sq: float,
+    *,
+    method: str = "hals",
+    max_iter: int = 500,
+    tol: float = 1e-5,
+    inner_iter: int = 3,
+    inner_tol: float = 0.0,
+    floor: float = 1e-12,
+    eps: float = 1e-12,
+) -> CPFit:
+    """:func:`fit_cp` with the tensor read chunk by chunk: only one chunk is in memory.
+
+    The same iteration as :func:`fit_cp` (:func:`_sweep`, :func:`_update`,
+    :func:`_rel_error`, the same stopping rule per replicate): only the contractions
+    ``K`` (MTTKRP) and, for a mask that varies along the streamed mode, the Grams ``G``
+    are sums over chunks, so each outer iteration reads the tensor once per mode. The
+    factors match :func:`fit_cp`'s to rounding. The loop over iterations runs on the
+    host (a chunk may come from disk or from a lazy computation); every chunk's work is
+    one compiled call, vmapped over the replicates.
+
+    Parameters
+    ----------
+    stream
+        The tensor and its masks (:class:`TensorStream`).
+    init
+        One ``(replicate, I_n, rank)`` array per mode (non-negative).
+    norm_sq
+        Squared norm of the observed entries (:meth:`TensorStream.scan`).
+    method, max_iter, tol, inner_iter, inner_tol, floor, eps
+        As in :func:`fit_cp`.
+
+    Returns
+    -------
+    CPFit
+    """
+    axis, chunk, dtype = stream.axis, stream.chunk, stream.dtype
+    update = jax.jit(jax.vmap(partial(_update, method=method, inner_iter=inner_iter,
+                                      inner_tol=inner_tol, floor=floor, eps=eps)))
+    static = None if stream.static is None else jnp.asarray(stream.static, dtype)
+    factors = [jnp.asarray(f, dtype) for f in init]
+    n_rep, rank = factors[0].shape[0], factors[0].shape[2]
+    padded = stream.n_chunks * chunk
+    # zero rows past the end: no data, no Gram, and HALS / MU keep them at zero
+    factors[axis] = jnp.pad(factors[axis], ((0, 0), (0, padded - stream.shape[axis]), (0, 0)))
+
+    def stats(factors, mode):
+        rows = padded if mode == axis else stream.shape[mode]
+        grams = None
+        if stream.chunked:
+            # the Grams' shape: one per row along the modes the mask varies along
+            per_row = mode == axis or stream.mask_shape[mode] > 1
+            grams = jnp.zeros((n_rep,) + ((rows,) if per_row else ()) + (rank, rank), dtype)
+        acc = (jnp.zeros((n_rep, rows, rank), dtype), grams)
+        for c in range(stream.n_chunks):
+            y, mask = stream.device_chunk(c)
+            # wait for this chunk before reading the next: one chunk in memory at a time
+            acc = jax.block_until_ready(_chunk_stats(acc, y, mask, tuple(factors), c * chunk,
+                                                     mode=mode, axis=axis))
+        k_mat, grams = acc
+        if grams is None:
+            grams = _batched_grams(static, tuple(factors), mode)
+        return k_mat, grams
+
+    norm_sq = jnp.asarray(norm_sq, dtype)
+    it = jnp.zeros(n_rep, int)
+    err = prev = jnp.full(n_rep, jnp.inf, dtype)
+    buf = jnp.full((n_rep, max_iter), jnp.nan, dtype)
+    active = _running(it, err, prev, max_iter, tol)
+    while bool(active.any()):
+        new, k_mat, grams = _sweep(stats, factors, update)
+        new_err = _batched_error(norm_sq, k_mat, grams, new[-1])
+        # as a vmapped while_loop: a replicate that has stopped keeps its state
+        factors = [jnp.where(active[:, None, None], a, b) for a, b in zip(new, factors,
+                                                                          strict=True)]
+        buf = buf.at[jnp.arange(n_rep), it].set(jnp.where(active, new_err, jnp.nan),
+                                                mode="drop")
+        prev = jnp.where(active, err, prev)
+        err = jnp.where(active, new_err, err)
+        it = it + active
+        active = _running(it, err, prev, max_iter, tol)
+    factors[axis] = factors[axis][:, : stream.shape[axis]]
+    return CPFit(tuple(factors), buf, it)
 
 
 def random_init(key: jax.Array, shape, rank: int, n_init: int, norm: float, dtype) -> tuple:
@@ -374,6 +658,12 @@ def _check_observed(x: np.ndarray, mask) -> bool:
         if xb.size:
             low = min(low, float(np.min(xb)))
             nonzero |= bool(np.any(xb != 0))
+    _raise_unobservable(low, nonzero, finite)
+    return hidden_bad
+
+
+def _raise_unobservable(low: float, nonzero: bool, finite: bool) -> None:
+    """Raise for NaN/Inf or negative observed entries, or an all-zero tensor."""
     if not finite:
         raise InputDataError(
             "tensor has NaN or Inf entries that the mask does not exclude; mask them "
@@ -386,7 +676,42 @@ def _check_observed(x: np.ndarray, mask) -> bool:
         )
     if not nonzero:
         raise InputDataError("tensor is zero on every observed entry; nothing to fit.")
-    return hidden_bad
+
+
+def _masks(tensor, mask) -> list[np.ndarray]:
+    """The observation masks of a tensor input, checked: ``[mask]``, or a labelled tensor's.
+
+    A labelled tensor (:func:`affinity_tensor`) carries ``mask(pair, animal)`` and
+    ``window_mask(window, animal)``; each becomes a mask with length-1 dims where it does
+    not vary (an all-True one is skipped), so that none is ever expanded to full size here.
+    """
+    shape = tuple(tensor.shape)
+    if len(shape) < 2:
+        raise InputDataError(f"tensor has {len(shape)} mode(s); NTF needs at least 2.")
+    masks = []
+    if mask is not None:
+        masks = [np.asarray(mask)]
+    elif isinstance(tensor, xr.DataArray):
+        for name in ("mask", "window_mask"):
+            if name not in tensor.coords or bool(tensor[name].all()):
+                continue
+            m = tensor[name]
+            masks.append(np.asarray(m.expand_dims([d for d in tensor.dims if d not in m.dims])
+                                    .transpose(*tensor.dims).values))
+    for m in masks:
+        if m.ndim != len(shape):
+            raise InputDataError(
+                f"mask has {m.ndim} dims but tensor has {len(shape)}; give a mask of the "
+                "tensor's shape (or with length-1 dims where it does not vary)."
+            )
+        if any(k not in (1, n) for k, n in zip(m.shape, shape, strict=True)):
+            raise InputDataError(
+                f"mask shape {m.shape} does not broadcast to the tensor shape {shape}."
+            )
+    masks = [m.astype(bool) for m in masks]
+    if mask is not None and not masks[0].any():
+        raise InputDataError("mask leaves no observed entry; nothing to fit.")
+    return masks
 
 
 def _as_tensor(tensor, mask, dtype=None):
@@ -395,39 +720,90 @@ def _as_tensor(tensor, mask, dtype=None):
     Unobserved entries are zeroed (a copy) only if they hold NaN or Inf; otherwise the
     array is used as is, and a float input already in ``dtype`` is not copied.
     """
-    labels = None
-    if isinstance(tensor, xr.DataArray):
-        labels = tensor
-        if mask is None:
-            for name in ("mask", "window_mask"):
-                if name not in tensor.coords or bool(tensor[name].all()):
-                    continue
-                m = tensor[name]
-                m = np.asarray(m.expand_dims([d for d in tensor.dims if d not in m.dims])
-                               .transpose(*tensor.dims).values)
-                # two structured masks multiply into an entry-wise one
-                mask = m if mask is None else mask & m
-        tensor = tensor.data
-    x = _to_numpy(tensor, dtype)
-    if x.ndim < 2:
-        raise InputDataError(f"tensor has {x.ndim} mode(s); NTF needs at least 2.")
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.ndim != x.ndim:
-            raise InputDataError(
-                f"mask has {mask.ndim} dims but tensor has {x.ndim}; give a mask of the "
-                "tensor's shape (or with length-1 dims where it does not vary)."
-            )
-        if any(m not in (1, n) for m, n in zip(mask.shape, x.shape, strict=True)):
-            raise InputDataError(
-                f"mask shape {mask.shape} does not broadcast to the tensor shape {x.shape}."
-            )
-        mask = mask.astype(bool)
-        if not mask.any():
-            raise InputDataError("mask leaves no observed entry; nothing to fit.")
+    if not hasattr(tensor, "shape"):
+        tensor = np.asarray(tensor)
+    labels = tensor if isinstance(tensor, xr.DataArray) else None
+    masks = _masks(tensor, mask)
+    mask = None
+    for m in masks:
+        # two structured masks multiply into an entry-wise one
+        mask = m if mask is None else mask & m
+    x = _to_numpy(tensor.data if labels is not None else tensor, dtype)
     if _check_observed(x, mask):
         x = np.where(np.broadcast_to(mask, x.shape), x, np.zeros((), x.dtype))
     return x, mask, labels
+
+
+def _free_memory() -> float:
+    """Bytes a fit may use: the smallest of the device's and the host's free memory.
+
+    The host's room includes what is left under an address-space limit
+    (``resource.RLIMIT_AS``), which neither ``MemAvailable`` nor a cgroup reports.
+    """
+    import resource
+
+    free = [device_memory().free]
+    if jax.default_backend() != "cpu":  # chunks are read on the host, then sent over
+        free.append(device_memory(jax.devices("cpu")[0]).free)
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        try:
+            status = Path("/proc/self/status").read_text()
+            used = int(status.split("VmSize:")[1].split()[0]) * 1024
+        except (OSError, IndexError, ValueError):
+            used = 0
+        free.append(max(limit - used, 0))
+    return float(min(f for f in free if f > 0) if any(f > 0 for f in free) else 0)
+
+
+def _native_chunks(data) -> tuple[int, ...] | None:
+    """Storage chunk length per mode of a dask / zarr array (or a DataArray of one)."""
+    # DataArray.chunks is None unless dask-backed (.data would load a lazy backend array)
+    chunks = getattr(data, "chunks", None)
+    if not chunks:
+        return None
+    return tuple(int(c[0]) if isinstance(c, tuple) else int(c) for c in chunks)
+
+
+def plan_stream(shape, itemsize: int, *, axis: int, native: int | None = None,
+                free_bytes: float | None = None) -> int:
+    """Chunk length along ``axis`` for :func:`fit_cp_stream` that fits the free memory.
+
+    A chunk lives at once as the slice read, its masked copy in the solver's dtype, the
+    device copy and XLA's temporaries: about 6 copies (measured peak on CPU), which may use
+    half of the free memory (:func:`_free_memory`; see
+    :func:`~neurodata.models._jax.memory.plan_batch_size`). A chunk longer than the
+    storage chunk (``native``) is rounded down to a multiple of it, so that no storage
+    chunk is read (or computed) twice per pass.
+
+    Parameters
+    ----------
+    shape
+        Tensor shape.
+    itemsize
+        Bytes per entry in the solver's dtype.
+    axis
+        The streamed mode.
+    native
+        Storage chunk length along ``axis`` (dask or zarr), if any.
+    free_bytes
+        Memory budget instead of the measured free memory.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> plan_stream((19900, 2000, 1), 4, axis=1, free_bytes=400e6)
+    418
+    """
+    per_item = 6 * itemsize * int(np.prod(shape)) // int(shape[axis])
+    chunk = plan_batch_size(per_item, int(shape[axis]), fraction=0.5,
+                            free_bytes=_free_memory() if free_bytes is None else free_bytes)
+    if native and native <= chunk < int(shape[axis]):
+        chunk -= chunk % native
+    return int(chunk)
 
 
 class NTF(NeurodataModel):
@@ -453,6 +829,17 @@ class NTF(NeurodataModel):
         HALS sweeps per mode and iteration.
     dtype
         ``"float32"`` (default) or ``"float64"``.
+    stream
+        Read the tensor chunk by chunk in every pass (:func:`fit_cp_stream`), holding only
+        one chunk of it in memory: ``True``, ``False``, or ``"auto"`` (default): stream
+        when the tensor does not fit (see :func:`plan_stream`) or ``chunk_size`` is given.
+        The factors are those of the in-memory fit, to rounding; streaming costs one read
+        of the tensor per mode and iteration (for a lazy affinity tensor: recomputing its
+        windows), so it is slower than a fit that fits.
+    chunk_size
+        Entries of the streamed mode (``window`` for a labelled tensor, else the mode cut
+        into the most storage chunks, else the longest) per chunk; default: planned from
+        the free memory (:func:`plan_stream`).
     seed
         Seed of the initialisations.
 
@@ -474,6 +861,8 @@ class NTF(NeurodataModel):
         Iterations run by each replicate.
     errors_ : numpy.ndarray
         Relative error per iteration of the kept replicate.
+    stream_chunk_ : int
+        Chunk length of a streamed fit (0: fitted in memory).
 
     Examples
     --------
@@ -487,7 +876,8 @@ class NTF(NeurodataModel):
 
     def __init__(self, rank: int = 5, method: str = "hals", n_init: int = 8, mask=None,
                  max_iter: int = 500, tol: float = 1e-5, inner_iter: int = 3,
-                 dtype: str = "float32", seed: int = 0):
+                 dtype: str = "float32", stream: bool | str = "auto",
+                 chunk_size: int | None = None, seed: int = 0):
         self.rank = rank
         self.method = method
         self.n_init = n_init
@@ -496,6 +886,8 @@ class NTF(NeurodataModel):
         self.tol = tol
         self.inner_iter = inner_iter
         self.dtype = dtype
+        self.stream = stream
+        self.chunk_size = chunk_size
         self.seed = seed
 
     def _check_params(self, shape) -> None:
@@ -511,16 +903,43 @@ class NTF(NeurodataModel):
         if not (isinstance(self.n_init, int | np.integer) and self.n_init >= 1):
             raise InputDataError(f"n_init is {self.n_init!r}; it must be a positive integer.")
 
+    def _stream_plan(self, tensor) -> tuple[int, int] | None:
+        """``(axis, chunk)`` to stream along, or None to fit in memory."""
+        if self.stream not in ("auto", True, False):
+            raise InputDataError(f"stream is {self.stream!r}; give 'auto', True or False.")
+        if self.chunk_size is not None and not (
+                isinstance(self.chunk_size, int | np.integer) and self.chunk_size >= 1):
+            raise InputDataError(f"chunk_size is {self.chunk_size!r}; give a positive integer.")
+        shape = tuple(int(n) for n in tensor.shape)
+        if self.stream is False or len(shape) < 2:
+            return None
+        native = _native_chunks(tensor)
+        if isinstance(tensor, xr.DataArray) and "window" in tensor.dims:
+            axis = tensor.dims.index("window")
+        elif native is not None:
+            # the mode cut into the most storage chunks: each pass reads each chunk once
+            axis = int(np.argmax([-(-n // c) for n, c in zip(shape, native, strict=True)]))
+        else:
+            axis = int(np.argmax(shape))
+        if self.chunk_size is not None:
+            return axis, int(min(self.chunk_size, shape[axis]))
+        chunk = plan_stream(shape, jnp.dtype(self.dtype).itemsize, axis=axis,
+                            native=None if native is None else native[axis])
+        if self.stream == "auto" and chunk >= shape[axis]:
+            return None  # it fits: one compiled loop over the whole tensor is faster
+        return axis, chunk
+
     def fit(self, tensor, y=None) -> NTF:
         """Fit the decomposition.
 
         Parameters
         ----------
         tensor
-            Non-negative array or DataArray (e.g. from :func:`affinity_tensor`), numpy- or
-            dask-backed: a lazy tensor (``affinity_tensor(..., lazy=True)`` or one opened
-            from zarr) is read chunk by chunk into a single array in ``dtype``, the only
-            copy the solver needs on the host.
+            Non-negative array or DataArray (e.g. from :func:`affinity_tensor`), numpy-,
+            zarr- or dask-backed. In memory, a lazy tensor (``affinity_tensor(...,
+            lazy=True)`` or one opened from zarr) is read chunk by chunk into a single
+            array in ``dtype``, the only copy the solver needs on the host. Streamed
+            (``stream``), it is read one chunk at a time in every pass and never held whole.
         y
             Ignored.
 
@@ -531,29 +950,48 @@ class NTF(NeurodataModel):
         """
         if self.dtype not in ("float32", "float64"):
             raise InputDataError(f"dtype {self.dtype!r} is not 'float32' or 'float64'.")
-        x, mask, labels = _as_tensor(tensor, self.mask, self.dtype)
-        self._check_params(x.shape)
+        if not hasattr(tensor, "shape"):
+            tensor = np.asarray(tensor)
+        plan = self._stream_plan(tensor)
         dtype = jnp.dtype(self.dtype)
-        shape = x.shape
-        xj = jnp.asarray(x, dtype)
-        del x  # the host copy is no longer needed (fit_cp applies the mask on the device)
-        mj = None if mask is None else jnp.asarray(mask, dtype)
-        norm = float(jnp.sqrt(jnp.sum(xj * xj if mj is None else jnp.square(xj) * mj)))
-        init = random_init(jax.random.PRNGKey(self.seed), shape, int(self.rank),
-                           int(self.n_init), norm, dtype)
-        res = fit_cp(xj, init, mj, method=self.method, max_iter=int(self.max_iter),
-                     tol=float(self.tol), inner_iter=int(self.inner_iter))
+        settings = dict(method=self.method, max_iter=int(self.max_iter), tol=float(self.tol),
+                        inner_iter=int(self.inner_iter))
+        if plan is None:
+            x, mask, labels = _as_tensor(tensor, self.mask, self.dtype)
+            self._check_params(x.shape)
+            shape = x.shape
+            xj = jnp.asarray(x, dtype)
+            del x  # the host copy is no longer needed (fit_cp applies the mask on the device)
+            mj = None if mask is None else jnp.asarray(mask, dtype)
+            norm = float(jnp.sqrt(jnp.sum(xj * xj if mj is None else jnp.square(xj) * mj)))
+            init = random_init(jax.random.PRNGKey(self.seed), shape, int(self.rank),
+                               int(self.n_init), norm, dtype)
+            res = fit_cp(xj, init, mj, **settings)
+            del xj, mj
+            full = None if mask is None else np.broadcast_to(mask, shape)
+            seen = None if full is None else [
+                full.any(axis=tuple(k for k in range(len(shape)) if k != n))
+                for n in range(len(shape))]
+        else:
+            labels = tensor if isinstance(tensor, xr.DataArray) else None
+            masks = _masks(tensor, self.mask)
+            stream = TensorStream(tensor, plan[0], plan[1], masks, dtype)
+            shape = stream.shape
+            self._check_params(shape)
+            norm_sq, seen = stream.scan()
+            seen = seen if stream.masked else None
+            init = random_init(jax.random.PRNGKey(self.seed), shape, int(self.rank),
+                               int(self.n_init), float(np.sqrt(norm_sq)), dtype)
+            res = fit_cp_stream(stream, init, norm_sq, **settings)
         errs = np.asarray(res.errors, dtype=float)
         n_iter = np.asarray(res.n_iter)
         final = errs[np.arange(errs.shape[0]), np.maximum(n_iter - 1, 0)]
         best = int(np.nanargmin(final))
         factors = [np.array(f) for f in res.factors]
-        if mask is not None:
+        if seen is not None:
             # rows with no observed entry (a pair never recorded) have no data: set to 0
-            full = np.broadcast_to(mask, shape)
-            for n, f in enumerate(factors):
-                seen = full.any(axis=tuple(k for k in range(len(shape)) if k != n))
-                f[:, ~seen, :] = 0.0
+            for f, rows in zip(factors, seen, strict=True):
+                f[:, ~rows, :] = 0.0
         reps = [normalize([f[b] for f in factors]) for b in range(errs.shape[0])]
         weights, factors = reps[best]
         self.replicate_similarity_ = np.array([congruence(factors, r[1])[0] for r in reps])
@@ -563,6 +1001,7 @@ class NTF(NeurodataModel):
         self.error_ = float(final[best])
         self.weights_ = weights
         self.factors_ = self._label(factors, labels)
+        self.stream_chunk_ = 0 if plan is None else int(plan[1])
         return self
 
     @staticmethod
@@ -773,6 +1212,13 @@ class DynamicConnectome(NeurodataModel):
         Affinity kernel and width.
     method, n_init, max_iter, tol, dtype
         NTF solver settings (see :class:`NTF`).
+    stream
+        ``"auto"`` (default): when the affinity tensor does not fit in memory, build it
+        lazily and stream the NTF over it, recomputing its windows chunk by chunk in every
+        pass, so that it is never held whole (see :class:`NTF`); ``True``: always;
+        ``False``: never.
+    chunk_size
+        Windows per chunk when streaming (default: planned from the free memory).
     community
         ``"sbm"`` (:class:`~neurodata.models.community.WeightedSBM`, number of groups by
         ICL) or ``"leiden"`` (modularity baseline, optional extra).
@@ -819,7 +1265,8 @@ class DynamicConnectome(NeurodataModel):
     def __init__(self, rank: int = 4, window: float = 10.0, step: float | None = None, *,
                  kernel: str = "differential", sigma: float = 0.5, method: str = "hals",
                  n_init: int = 8, max_iter: int = 500, tol: float = 1e-5,
-                 dtype: str = "float32", community: str = "sbm", max_groups: int = 6,
+                 dtype: str = "float32", stream: bool | str = "auto",
+                 chunk_size: int | None = None, community: str = "sbm", max_groups: int = 6,
                  distribution: str = "exponential", nested: bool = False,
                  epoch_var: str = "epoch_label", sampling_rate: float | None = None,
                  seed: int = 0):
@@ -833,6 +1280,8 @@ class DynamicConnectome(NeurodataModel):
         self.max_iter = max_iter
         self.tol = tol
         self.dtype = dtype
+        self.stream = stream
+        self.chunk_size = chunk_size
         self.community = community
         self.max_groups = max_groups
         self.distribution = distribution
@@ -861,10 +1310,25 @@ class DynamicConnectome(NeurodataModel):
 
         if self.community not in ("sbm", "leiden"):
             raise InputDataError(f"community {self.community!r} is not 'sbm' or 'leiden'.")
-        aff = affinity_tensor(ds, self.window, self.step, kernel=self.kernel, sigma=self.sigma,
-                              sampling_rate=self.sampling_rate, dtype=self.dtype)
+        kwargs = dict(kernel=self.kernel, sigma=self.sigma, sampling_rate=self.sampling_rate,
+                      dtype=self.dtype)
+        aff = affinity_tensor(ds, self.window, self.step, lazy=True, **kwargs)
+        chunk = self.chunk_size
+        if chunk is None and self.stream is not False:
+            # per window: the float64 affinity matrices being built, and the solver's copies
+            chunk = plan_stream(aff.shape, jnp.dtype(self.dtype).itemsize + 8, axis=1)
+            if self.stream == "auto" and chunk >= aff.sizes["window"]:
+                chunk = None
+        if chunk is None or self.stream is False:
+            aff = affinity_tensor(ds, self.window, self.step, **kwargs)
+        else:
+            # one affinity batch per chunk: every pass computes each window once
+            aff = affinity_tensor(ds, self.window, self.step, lazy=True, batch_windows=chunk,
+                                  **kwargs)
         ntf = NTF(rank=self.rank, method=self.method, n_init=self.n_init,
-                  max_iter=self.max_iter, tol=self.tol, dtype=self.dtype, seed=self.seed)
+                  max_iter=self.max_iter, tol=self.tol, dtype=self.dtype,
+                  stream=self.stream if chunk is None else True, chunk_size=chunk,
+                  seed=self.seed)
         ntf.fit(aff)
         pair, time_course, loading = ntf.factors_
         if self.epoch_var in ds:
