@@ -33,9 +33,10 @@ from benchmarks.common import write_result  # noqa: E402  (imports jax)
 from benchmarks.scaling import CURVES, _measure  # noqa: E402
 
 # (model, driver) of a scaling curve -> (sizes, quick sizes, overrides of the curve's fixed
-# sizes, minimum extra iterations of the timing runs). The GPU pays off where the arithmetic, not the dispatch, dominates, so the full run
-# uses lab-scale sizes (GPFA as in its benchmark (b), MM-GPVAE at the paper's simulation size,
-# crossnobis at the 92 conditions x 5000 channels).
+# sizes, minimum extra iterations of the timing runs). The GPU pays off where the arithmetic,
+# not the dispatch, dominates, so the full run uses lab-scale sizes (GPFA as in its benchmark
+# (b), MM-GPVAE at the paper's simulation size, crossnobis at the 92 conditions x 5000
+# channels).
 SIZES = {
     ("GPFA", "T"): ((200, 500), (25,), {"trials": 50, "neurons": 100}, 10),
     ("MM-GPVAE (Fourier)", "trials"): ((300,), (20,), {"neurons": 100, "T": 60}, 3),
