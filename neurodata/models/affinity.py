@@ -40,30 +40,31 @@ KERNELS = ("differential", "gaussian", "correlation")
 """Affinity kernels accepted by :func:`affinity_tensor`."""
 
 
-def _window_affinity(x: jnp.ndarray, kernel: str, sigma: float) -> jnp.ndarray:
-    """Affinity matrix ``(N, N)`` of one window ``x (L, N)``.
+def _window_affinity(x: jnp.ndarray, ia, ib, kernel: str, sigma: float) -> jnp.ndarray:
+    """Affinities ``(pair,)`` of one window ``x (L, N)`` for the pairs ``(ia, ib)``.
 
     After centring each trace and scaling it to unit norm, ``|z_i - z_j|^2 = 2 (1 - rho_ij)``,
-    so the Gaussian kernel on standardised traces is ``exp(-(1 - rho) / sigma^2)``.
+    so the Gaussian kernel on standardised traces is ``exp(-(1 - rho) / sigma^2)``. The
+    kernel is applied to the pairs only (half the ``(N, N)`` matrix).
     """
     xc = x - x.mean(axis=0)
     norm = jnp.sqrt(jnp.sum(xc * xc, axis=0))
     # a flat trace has no defined correlation: give it rho = 0 with every neuron
     z = xc / jnp.where(norm > 0, norm, 1.0)
-    rho = z.T @ z
+    rho = (z.T @ z)[ia, ib]
     if kernel == "correlation":
         return jnp.maximum(rho, 0.0)
     return jnp.exp(-(1.0 - rho) / sigma**2)
 
 
 @partial(jax.jit, static_argnames=("length", "kernel"))
-def _affinities(x, starts, length: int, kernel: str, sigma: float):
-    """``x (animal, time, neuron)`` -> ``(animal, window, neuron, neuron)``; vmapped twice."""
+def _affinities(x, starts, ia, ib, length: int, kernel: str, sigma: float):
+    """``x (animal, time, neuron)`` -> ``(animal, window, pair)``; vmapped twice."""
     offsets = jnp.arange(length)
 
     def one_animal(xa):
         def one_window(s):
-            return _window_affinity(xa[s + offsets], kernel, sigma)
+            return _window_affinity(xa[s + offsets], ia, ib, kernel, sigma)
 
         return jax.vmap(one_window)(starts)
 
@@ -84,9 +85,9 @@ def _batch(sig, starts, pair_mask, window_mask, ia, ib, batch: int, length: int,
     stretch = np.zeros((sig.shape[0], int(starts[min(batch, starts.size) - 1] - starts[0])
                         + length, sig.shape[2]), sig.dtype)
     stretch[:, :span] = sig[:, first:first + span]
-    aff = _affinities(jnp.asarray(stretch), jnp.asarray(starts[idx] - first), length, kernel,
-                      sigma)
-    aff = np.asarray(aff[:, : b1 - b0, ia, ib], dtype=dtype).transpose(2, 1, 0)
+    aff = _affinities(jnp.asarray(stretch), jnp.asarray(starts[idx] - first), ia, ib, length,
+                      kernel, sigma)
+    aff = np.asarray(aff)[:, : b1 - b0].astype(dtype).transpose(2, 1, 0)
     keep = pair_mask[:, None, :] & window_mask[None, b0:b1]
     return np.where(keep, aff, np.zeros((), dtype))
 
@@ -266,8 +267,8 @@ def affinity_tensor(
     elif not (isinstance(batch_windows, int | np.integer) and batch_windows >= 1):
         raise InputDataError(f"batch_windows is {batch_windows!r}; give a positive integer.")
     batch = int(min(batch_windows, n_win))
-    build = partial(_batch, sig, starts, pair_mask, window_mask, ia, ib, batch, length,
-                    kernel, float(sigma), dtype)
+    build = partial(_batch, sig, starts, pair_mask, window_mask, jnp.asarray(ia),
+                    jnp.asarray(ib), batch, length, kernel, float(sigma), dtype)
     bounds = [(b0, min(b0 + batch, n_win)) for b0 in range(0, n_win, batch)]
     if lazy:
         import dask
