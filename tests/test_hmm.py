@@ -69,6 +69,17 @@ def test_smoother_matches_brute_force(problem, smoother):
     np.testing.assert_allclose(post.expected_initial, init_counts, atol=1e-10)
 
 
+def test_smoother_without_resets_matches_brute_force(problem):
+    init, trans, ll, _ = problem
+    single = np.zeros(T, bool)
+    logz, marg, xi, init_counts, _, _ = brute_force(init, trans, ll, single)
+    post = hmm_smoother(jnp.asarray(init), jnp.asarray(trans), jnp.asarray(ll))
+    np.testing.assert_allclose(post.marginal_loglik, logz, atol=1e-10)
+    np.testing.assert_allclose(post.smoothed_probs, marg, atol=1e-10)
+    np.testing.assert_allclose(post.expected_transitions, xi, atol=1e-10)
+    np.testing.assert_allclose(post.expected_initial, init_counts, atol=1e-10)
+
+
 def test_filter_sequential_equals_parallel(problem):
     init, trans, ll, resets = (jnp.asarray(a) for a in problem)
     z1, f1, _ = hmm_filter(init, trans, ll, resets)
@@ -105,14 +116,18 @@ def test_matches_dynamax():
     no_resets = jnp.zeros(n, bool)
     ref_f = dyn.hmm_filter(init, trans, ll)
     ref_s = dyn.hmm_smoother(init, trans, ll)
-    for smoother in (hmm_smoother, hmm_smoother_parallel):
-        post = smoother(init, trans, ll, no_resets)
+    # resets=None compiles the sequential smoother without the per-step reset select.
+    for post in (hmm_smoother(init, trans, ll, no_resets), hmm_smoother(init, trans, ll),
+                 hmm_smoother_parallel(init, trans, ll, no_resets)):
         np.testing.assert_allclose(post.marginal_loglik, ref_f.marginal_loglik, atol=1e-6)
         np.testing.assert_allclose(post.filtered_probs, ref_f.filtered_probs, atol=1e-6)
         np.testing.assert_allclose(post.smoothed_probs, ref_s.smoothed_probs, atol=1e-6)
     xi = dyn.compute_transition_probs(trans, ref_s)
-    np.testing.assert_allclose(hmm_smoother(init, trans, ll, no_resets).expected_transitions,
-                               np.asarray(xi).sum(0) if np.ndim(xi) == 3 else xi, atol=1e-6)
+    xi = np.asarray(xi).sum(0) if np.ndim(xi) == 3 else xi
+    for resets in (no_resets, None):
+        post = hmm_smoother(init, trans, ll, resets)
+        np.testing.assert_allclose(post.expected_transitions, xi, atol=1e-6)
+        np.testing.assert_allclose(post.expected_initial, ref_s.smoothed_probs[0], atol=1e-6)
 
 
 def test_viterbi_matches_brute_force(problem):

@@ -39,6 +39,24 @@ def _resets(log_likelihoods: jnp.ndarray, resets: jnp.ndarray | None) -> jnp.nda
     return jnp.asarray(resets, dtype=bool).at[0].set(True)
 
 
+def _next_resets(resets: jnp.ndarray | None) -> jnp.ndarray | None:
+    # resets[t + 1] aligned with t (the last entry is never read); None stays None, so that
+    # a single sequence compiles without the per-step select.
+    if resets is None:
+        return None
+    return jnp.append(jnp.asarray(resets, dtype=bool)[1:], True)
+
+
+def _vecmat(probs, matrix):
+    # probs @ matrix as a fused multiply-reduce: inside a scan step XLA:CPU runs a dot as a
+    # separate library call whose overhead dominates at the few states of an HMM.
+    return jnp.sum(probs[:, None] * matrix, axis=0)
+
+
+def _matvec(matrix, vector):
+    return jnp.sum(matrix * vector[None, :], axis=1)
+
+
 def _scaled_likelihoods(log_likelihoods):
     shift = jnp.max(log_likelihoods, axis=1, keepdims=True)
     shift = jnp.where(jnp.isfinite(shift), shift, 0.0)
@@ -55,17 +73,20 @@ def hmm_filter(initial_probs, transition_matrix, log_likelihoods, resets=None):
         The log marginal likelihood, ``(T, S)`` filtered probabilities and the per-step
         normalisers ``c_t`` (scaled, without the likelihood shift) that the backward pass uses.
     """
-    resets = _resets(log_likelihoods, resets)
     lik, shift = _scaled_likelihoods(log_likelihoods)
 
-    def step(prev, inputs):
-        lik_t, reset_t = inputs
-        predicted = jnp.where(reset_t, initial_probs, prev @ transition_matrix)
+    # The carry is the prediction for the next step, so the first step needs no select.
+    def step(predicted, inputs):
+        lik_t, reset_next = inputs
         unnorm = predicted * lik_t
         norm = jnp.sum(unnorm)
-        return unnorm / norm, (unnorm / norm, norm)
+        filtered = unnorm / norm
+        predicted = _vecmat(filtered, transition_matrix)
+        if reset_next is not None:
+            predicted = jnp.where(reset_next, initial_probs, predicted)
+        return predicted, (filtered, norm)
 
-    _, (filtered, norms) = lax.scan(step, initial_probs, (lik, resets))
+    _, (filtered, norms) = lax.scan(step, initial_probs, (lik, _next_resets(resets)))
     return jnp.sum(jnp.log(norms) + shift), filtered, norms
 
 
@@ -81,31 +102,36 @@ def hmm_smoother(initial_probs, transition_matrix, log_likelihoods, resets=None)
     >>> post.smoothed_probs.shape
     (3, 2)
     """
-    resets = _resets(log_likelihoods, resets)
     loglik, filtered, norms = hmm_filter(initial_probs, transition_matrix, log_likelihoods, resets)
     lik, _ = _scaled_likelihoods(log_likelihoods)
-    next_reset = jnp.append(resets[1:], True)
+    # beta_t for t < T - 1 from beta_{t+1}; beta_{T-1} = 1 is appended after the scan.
+    reset_next = None if resets is None else _next_resets(resets)[:-1]
 
     def step(beta_next, inputs):
-        lik_next, norm_next, reset_next = inputs
-        carried = transition_matrix @ (lik_next * beta_next) / norm_next
-        beta = jnp.where(reset_next, jnp.ones_like(beta_next), carried)
+        lik_next, norm_next, reset_t = inputs
+        beta = _matvec(transition_matrix, lik_next * beta_next) / norm_next
+        if reset_t is not None:
+            beta = jnp.where(reset_t, jnp.ones_like(beta), beta)
         return beta, beta
 
-    lik_next = jnp.concatenate([lik[1:], jnp.ones_like(lik[:1])])
-    norm_next = jnp.append(norms[1:], 1.0)
-    _, betas = lax.scan(
-        step, jnp.ones_like(initial_probs), (lik_next, norm_next, next_reset), reverse=True
-    )
+    _, betas = lax.scan(step, jnp.ones_like(initial_probs), (lik[1:], norms[1:], reset_next),
+                        reverse=True)
+    betas = jnp.concatenate([betas, jnp.ones_like(betas[:1])])
     smoothed = filtered * betas
     smoothed = smoothed / jnp.sum(smoothed, axis=1, keepdims=True)
     # sum_t xi_t(i, j) = A_ij sum_t alpha_t(i) lik_{t+1}(j) beta_{t+1}(j) / c_{t+1}: one
     # contraction over time, without materialising the (T, S, S) pairwise marginals.
-    keep = jnp.where(next_reset[:-1], 0.0, 1.0)[:, None]
+    alpha = filtered[:-1]
+    if reset_next is not None:
+        alpha = jnp.where(reset_next[:, None], 0.0, alpha)
     expected_transitions = transition_matrix * jnp.einsum(
-        "ti,tj->ij", filtered[:-1] * keep, lik[1:] * betas[1:] / norms[1:, None]
+        "ti,tj->ij", alpha, lik[1:] * betas[1:] / norms[1:, None]
     )
-    expected_initial = jnp.sum(jnp.where(resets[:, None], smoothed, 0.0), axis=0)
+    if resets is None:
+        expected_initial = smoothed[0]
+    else:
+        starts = _resets(log_likelihoods, resets)[:, None]
+        expected_initial = jnp.sum(jnp.where(starts, smoothed, 0.0), axis=0)
     return HMMPosterior(loglik, filtered, smoothed, expected_transitions, expected_initial)
 
 
