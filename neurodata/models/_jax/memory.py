@@ -70,6 +70,37 @@ def _cgroup(root: Path = Path("/sys/fs/cgroup")) -> tuple[int, int] | None:
     return None
 
 
+def host_memory() -> DeviceMemory:
+    """Free and total memory of the host, without asking JAX for a CPU device.
+
+    The tightest of ``/proc/meminfo``, ``sysconf`` and the cgroup limit. Code that stages data
+    on the host calls this rather than ``device_memory(jax.devices("cpu")[0])``, since no CPU
+    device exists when JAX runs on a GPU alone (``JAX_PLATFORMS=cuda``).
+
+    Returns
+    -------
+    DeviceMemory
+        ``free``, ``total`` (bytes) and ``source``; ``source="unknown"`` with zeros when
+        nothing reports memory.
+
+    Examples
+    --------
+    >>> from neurodata.models._jax.memory import host_memory
+    >>> host_memory().total > 0
+    True
+    """
+    host = _meminfo()
+    source = "meminfo"
+    if host is None:
+        host, source = _sysconf(), "sysconf"
+    group = _cgroup()
+    if group is not None and (host is None or group[0] < host[0]):
+        host, source = group, "cgroup"
+    if host is None:
+        return DeviceMemory(0, 0, "unknown")
+    return DeviceMemory(int(host[0]), int(host[1]), source)
+
+
 def device_memory(device: jax.Device | None = None) -> DeviceMemory:
     """Free and total memory of ``device`` (default: JAX's first default device).
 
@@ -100,16 +131,7 @@ def device_memory(device: jax.Device | None = None) -> DeviceMemory:
         total = int(stats["bytes_limit"])
         return DeviceMemory(max(total - int(stats.get("bytes_in_use", 0)), 0), total,
                             "memory_stats")
-    host = _meminfo()
-    source = "meminfo"
-    if host is None:
-        host, source = _sysconf(), "sysconf"
-    group = _cgroup()
-    if group is not None and (host is None or group[0] < host[0]):
-        host, source = group, "cgroup"
-    if host is None:
-        return DeviceMemory(0, 0, "unknown")
-    return DeviceMemory(int(host[0]), int(host[1]), source)
+    return host_memory()
 
 
 def plan_batch_size(
