@@ -64,61 +64,26 @@ def _ms(p: dict) -> str:
     return f"{1e3 * p['per_iter_s']:.3g}" if p["status"] == "ok" else p["status"]
 
 
-def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu")
-    parser.add_argument("--quick", action="store_true", help="one small size per model")
-    parser.add_argument("--only", default="", help="comma-separated model name prefixes")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per point")
-    parser.add_argument("--cpu-workers", type=int, default=4,
-                        help="CPU points measured at the same time (each uses one core)")
-    args = parser.parse_args(argv)
-    from benchmarks.common import machine
-
-    host = machine()
-    gpu = gpu_name()
-    if gpu is None:
-        md = "\n".join([
-            "## GPU speed-ups", "",
-            f"No GPU present: JAX sees no GPU on this machine ({host}), so there is nothing "
-            "to compare. Run `python -m benchmarks.gpu` on a GPU machine with a CUDA jaxlib "
-            "(`pip install 'jax[cuda12]'`) to record the figures.",
-        ])
-        write_result("gpu", md)
-        print(md)
-        return md
-    wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
-    start = time.perf_counter()
+def _points(wanted: list[str], quick: bool) -> list[tuple]:
+    """(curve with the GPU sizes, size) of every point to measure."""
     points = []
     for curve in CURVES:
         if (curve.model, curve.driver) not in SIZES:
             continue
         if wanted and not any(curve.model.lower().startswith(w) for w in wanted):
             continue
-        full, quick, fixed, extra = SIZES[(curve.model, curve.driver)]
+        full, small, fixed, extra = SIZES[(curve.model, curve.driver)]
         sized = dataclasses.replace(curve, fixed={**curve.fixed, **fixed},
-                                    extra=extra if not args.quick else curve.extra)
-        points += [(sized, value) for value in (quick if args.quick else full)]
-    # The CPU points run side by side (each XLA CPU client is single-threaded, see the README's
-    # Numerics) while the GPU points run one at a time, so that no two share the GPU.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.cpu_workers) as pool:
-        cpu_jobs = [pool.submit(_measure, c, v, args.timeout, {"JAX_PLATFORMS": "cpu"})
-                    for c, v in points]
-        rows = []
-        for (curve, value), job in zip(points, cpu_jobs, strict=True):
-            dev = _measure(curve, value, args.timeout, {"JAX_PLATFORMS": "cuda"})
-            cpu = job.result()
-            print(curve.model, value, json.dumps({"cpu": cpu, "gpu": dev}), flush=True)
-            rows.append((curve, value, cpu, dev))
+                                    extra=curve.extra if quick else extra)
+        points += [(sized, value) for value in (small if quick else full)]
+    return points
+
+
+def _table(rows: list[tuple], header: str) -> str:
     lines = [
         "## GPU speed-ups",
         "",
-        f"GPU: **{gpu}**. Host: {host}. Same code and data on both devices (JAX's default "
-        "device chosen with `JAX_PLATFORMS`), every point in a fresh process; time per "
-        "iteration without compilation and set-up, speed-up = CPU / GPU time per iteration. "
-        f"The CPU points ran {args.cpu_workers} at a time on the host's cores with the "
-        "library's default runtime (XLA single-threaded: `PJRT_NPROC=1`). "
-        f"Whole run: {(time.perf_counter() - start) / 60:.1f} min"
-        f"{' (--quick sizes)' if args.quick else ''}.",
+        header,
         "",
         "| model | size | iteration | CPU (ms) | GPU (ms) | speed-up | first call CPU / GPU (s) "
         "| GPU peak memory (MB) |",
@@ -134,7 +99,86 @@ def main(argv=None) -> str:
         lines.append(f"| {curve.model} | {curve.driver}={value} ({fixed}) | {curve.unit} | "
                      f"{_ms(cpu)} | {_ms(dev)} | {speed} | {first} | "
                      f"{'-' if peak is None else f'{peak:.0f}'} |")
-    md = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def _header(gpu: str, host: str, cpu_workers: int, minutes: float, quick: bool) -> str:
+    return (
+        f"GPU: **{gpu}**. Host: {host}. Same code and data on both devices (JAX's default "
+        "device chosen with `JAX_PLATFORMS`), every point in a fresh process; time per "
+        "iteration without compilation and set-up, speed-up = CPU / GPU time per iteration. "
+        f"The CPU points ran {cpu_workers} at a time on the host's cores with the "
+        "library's default runtime (XLA single-threaded: `PJRT_NPROC=1`). "
+        f"Measuring took {minutes:.1f} min{' (--quick sizes)' if quick else ''}."
+    )
+
+
+def merge(logs: list[str], header: str) -> str:
+    """The table from the ``POINT`` lines that earlier runs printed (a run that outlived its
+    time limit still printed the points it finished); later lines win."""
+    found = {}
+    for log in logs:
+        with open(log) as fh:
+            for line in fh:
+                if line.startswith("POINT "):
+                    rec = json.loads(line[len("POINT "):])
+                    found[(rec["model"], rec["driver"], rec["value"])] = rec
+    rows = []
+    for curve, value in _points([], quick=False):
+        rec = found.get((curve.model, curve.driver, value))
+        if rec is not None:
+            rows.append((curve, value, rec["cpu"], rec["gpu"]))
+    return _table(rows, header)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu")
+    parser.add_argument("--quick", action="store_true", help="one small size per model")
+    parser.add_argument("--only", default="", help="comma-separated model name prefixes")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per point")
+    parser.add_argument("--cpu-workers", type=int, default=4,
+                        help="CPU points measured at the same time (each uses one core)")
+    parser.add_argument("--merge", nargs="+", metavar="LOG",
+                        help="write the table from the POINT lines of earlier runs' output")
+    parser.add_argument("--header", default="", help="the table's description (--merge)")
+    args = parser.parse_args(argv)
+    if args.merge:
+        md = merge(args.merge, args.header)
+        write_result("gpu", md)
+        print(md)
+        return md
+    from benchmarks.common import machine
+
+    host = machine()
+    gpu = gpu_name()
+    if gpu is None:
+        md = "\n".join([
+            "## GPU speed-ups", "",
+            f"No GPU present: JAX sees no GPU on this machine ({host}), so there is nothing "
+            "to compare. Run `python -m benchmarks.gpu` on a GPU machine with a CUDA jaxlib "
+            "(`pip install 'jax[cuda12]'`) to record the figures.",
+        ])
+        write_result("gpu", md)
+        print(md)
+        return md
+    print(f"# GPU: {gpu}; host: {host}", flush=True)
+    wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
+    start = time.perf_counter()
+    points = _points(wanted, args.quick)
+    # The CPU points run side by side (each XLA CPU client is single-threaded, see the README's
+    # Numerics) while the GPU points run one at a time, so that no two share the GPU.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.cpu_workers) as pool:
+        cpu_jobs = [pool.submit(_measure, c, v, args.timeout, {"JAX_PLATFORMS": "cpu"})
+                    for c, v in points]
+        rows = []
+        for (curve, value), job in zip(points, cpu_jobs, strict=True):
+            dev = _measure(curve, value, args.timeout, {"JAX_PLATFORMS": "cuda"})
+            cpu = job.result()
+            print("POINT", json.dumps({"model": curve.model, "driver": curve.driver,
+                                       "value": value, "cpu": cpu, "gpu": dev}), flush=True)
+            rows.append((curve, value, cpu, dev))
+    md = _table(rows, _header(gpu, host, args.cpu_workers,
+                              (time.perf_counter() - start) / 60, args.quick))
     if not wanted:
         write_result("gpu", md)
     print(md)
