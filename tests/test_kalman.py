@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import neurodata  # noqa: F401  (switches on float64)
-from neurodata.models._jax.kalman import ffbs, information_filter
+from neurodata.models._jax.kalman import (
+    backward_information_filter,
+    condition,
+    ffbs,
+    information_filter,
+    log_expected_potential,
+)
 
 
 def _problem(rng, T=4, D=2):
@@ -68,3 +74,64 @@ def test_ffbs_samples_match_dense_posterior(rng):
     # Monte Carlo error of the mean is sd / 200; of a covariance about 0.01 sd_i sd_j.
     np.testing.assert_allclose(flat.mean(0), mean, atol=float(4 * sd.max() / 200))
     np.testing.assert_allclose(np.cov(flat.T), cov, atol=0.03 * float(sd.max()) ** 2)
+
+
+def _log_partition(m0, P0, A, b, Q, J, h):
+    """log of int p(x_{0:T-1}) prod_t exp(-x_t^T J_t x_t / 2 + h_t^T x_t) dx, densely."""
+    zero = (np.zeros_like(J), np.zeros_like(h))
+    mean, cov = _dense_posterior(m0, P0, A, b, Q, *zero)  # the prior of the whole path
+    T, D = h.shape
+    big_J = np.zeros((T * D, T * D))
+    for t in range(T):
+        big_J[t * D:(t + 1) * D, t * D:(t + 1) * D] = J[t]
+    lam = np.linalg.inv(cov)
+    eta = lam @ mean
+    post = lam + big_J
+    info = eta + h.ravel()
+    return 0.5 * (np.linalg.slogdet(lam)[1] - np.linalg.slogdet(post)[1]
+                  + info @ np.linalg.solve(post, info) - eta @ mean)
+
+
+def test_backward_messages_give_the_smoothed_first_marginal(rng):
+    """Prior of x_0 times beta_0 is the posterior of x_0 (every later potential enters beta_0)."""
+    m0, P0, A, b, Q, J, h = _problem(rng, T=5)
+    mean, cov = _dense_posterior(m0, P0, A, b, Q, J, h)
+    Omegas, omegas = backward_information_filter(*map(jnp.asarray, (A, b, Q, J, h)))
+    prec = np.linalg.inv(P0) + np.asarray(Omegas[0])
+    D = m0.size
+    np.testing.assert_allclose(np.linalg.inv(prec), cov[:D, :D], atol=1e-10)
+    np.testing.assert_allclose(np.linalg.solve(prec, np.linalg.solve(P0, m0) + omegas[0]),
+                               mean[:D], atol=1e-10)
+
+
+def test_expected_potential_and_messages_give_the_marginal_likelihood(rng):
+    """Changing one transition: log E_{x_{t+1}}[beta_{t+1}] differences = dense log Z differences.
+
+    ``log_expected_potential`` of the one-step prediction into ``beta_{t+1}`` equals
+    ``log Z`` up to terms that do not depend on the transition at ``t``.
+    """
+    m0, P0, A, b, Q, J, h = _problem(rng, T=5)
+    t = 2
+    Omegas, omegas = backward_information_filter(*map(jnp.asarray, (A, b, Q, J, h)))
+    filt = information_filter(*map(jnp.asarray, (m0, P0, A, b, Q, J, h)))
+    m_t, P_t = np.asarray(filt.means[t]), np.linalg.inv(filt.precisions[t])
+    ours, dense = [], []
+    for scale in (0.3, 1.0, 1.7):
+        A2, Q2 = A.copy(), Q.copy()
+        A2[t] = A[t] * scale
+        Q2[t] = Q[t] * scale
+        ours.append(float(log_expected_potential(
+            jnp.asarray(A2[t] @ m_t + b[t]), jnp.asarray(A2[t] @ P_t @ A2[t].T + Q2[t]),
+            Omegas[t + 1], omegas[t + 1])))
+        dense.append(_log_partition(m0, P0, A2, b, Q2, J, h))
+    np.testing.assert_allclose(np.diff(ours), np.diff(dense), atol=1e-9)
+
+
+def test_condition_matches_product_of_gaussians(rng):
+    mean, J, h = rng.normal(size=2), np.eye(2) * 0.4, rng.normal(size=2)
+    cov = np.array([[1.0, 0.3], [0.3, 0.5]])
+    m, c = condition(*map(jnp.asarray, (mean, cov, J, h)))
+    prec = np.linalg.inv(cov) + J
+    np.testing.assert_allclose(c, np.linalg.inv(prec), atol=1e-12)
+    np.testing.assert_allclose(m, np.linalg.solve(prec, np.linalg.solve(cov, mean) + h),
+                               atol=1e-12)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
-from neurodata.models._jax.linalg import chol_solve, psd_cholesky, symmetrize
+from neurodata.models._jax.linalg import chol_logdet, chol_solve, psd_cholesky, symmetrize
 
 
 class FilterResult(NamedTuple):
@@ -122,3 +122,70 @@ def ffbs(key: jax.Array, m0, P0, A, b, Q, J_obs, h_obs) -> jnp.ndarray:
     _, xs = lax.scan(back, x_last, (keys[:-1], filt.means[:-1], filt.precisions[:-1], A, b, Q),
                      reverse=True)
     return jnp.concatenate([xs, x_last[None]])
+
+
+def _absorb_transition(Omega, omega, A, b, Q):
+    """``log int N(x'; A x + b, Q) exp(-x'^T Omega x' / 2 + omega^T x') dx'`` as a potential in x.
+
+    With ``Q = L L^T`` and ``M = I + L^T Omega L``, the integral is proportional to
+    ``exp(-mu^T Ot mu / 2 + ot^T mu)`` at ``mu = A x + b``, where
+    ``Ot = Omega - Omega G Omega``, ``ot = omega - Omega G omega``, ``G = L M^{-1} L^T``
+    (``Ot = (Omega^{-1} + Q)^{-1}`` without inverting a possibly singular ``Omega``).
+    Returns the potential's ``(Omega_x, omega_x)`` in ``x``.
+    """
+    eye = jnp.eye(Omega.shape[-1], dtype=Omega.dtype)
+    L = psd_cholesky(Q)
+    m_chol = psd_cholesky(eye + L.T @ Omega @ L)
+    G = L @ chol_solve(m_chol, L.T)
+    omega_t = omega - Omega @ (G @ omega)
+    Omega_t = symmetrize(Omega - Omega @ G @ Omega)
+    return symmetrize(A.T @ Omega_t @ A), A.T @ (omega_t - Omega_t @ b)
+
+
+def backward_information_filter(A, b, Q, J_obs, h_obs):
+    """Backward messages ``beta_t(x) = p(potentials_{t:T-1} | x_t = x)`` in information form.
+
+    ``beta_t(x) ∝ exp(-x^T Omega_t x / 2 + omega_t^T x)`` (constants dropped); arguments are
+    those of :func:`information_filter`. ``beta_{T-1}`` is the last potential alone.
+
+    Returns
+    -------
+    Omegas, omegas
+        ``(T, D, D)`` and ``(T, D)``.
+    """
+
+    def step(carry, inputs):
+        Omega, omega = carry
+        A_t, b_t, Q_t, J_t, h_t = inputs
+        Om, om = _absorb_transition(Omega, omega, A_t, b_t, Q_t)
+        new = (symmetrize(J_t + Om), h_t + om)
+        return new, new
+
+    last = (J_obs[-1], h_obs[-1])
+    _, (Omegas, omegas) = lax.scan(step, last, (A, b, Q, J_obs[:-1], h_obs[:-1]), reverse=True)
+    return (jnp.concatenate([Omegas, last[0][None]]), jnp.concatenate([omegas, last[1][None]]))
+
+
+def log_expected_potential(mean, cov, Omega, omega) -> jnp.ndarray:
+    """``log E[exp(-x^T Omega x / 2 + omega^T x)]`` for ``x ~ N(mean, cov)``.
+
+    With ``cov = L L^T``, ``M = I + L^T Omega L`` and ``r = omega - Omega mean``:
+    ``omega^T mean - mean^T Omega mean / 2 - log|M| / 2 + |M^{-1/2} L^T r|^2 / 2``. Used to
+    weigh alternative transitions into a backward message (collapsed switching-state
+    updates); ``Omega`` may be singular (zero at the end of a sequence).
+    """
+    eye = jnp.eye(mean.shape[-1], dtype=mean.dtype)
+    L = psd_cholesky(cov)
+    m_chol = psd_cholesky(eye + L.T @ Omega @ L)
+    half = solve_triangular(m_chol, L.T @ (omega - Omega @ mean), lower=True)
+    return (omega @ mean - 0.5 * mean @ Omega @ mean
+            - 0.5 * chol_logdet(m_chol) + 0.5 * jnp.sum(half**2))
+
+
+def condition(mean, cov, J, h):
+    """Mean and covariance of ``N(mean, cov)`` times the potential ``exp(-x^T J x/2 + h^T x)``."""
+    eye = jnp.eye(mean.shape[-1], dtype=mean.dtype)
+    cov_chol = psd_cholesky(cov)
+    chol = psd_cholesky(chol_solve(cov_chol, eye) + J)
+    new_cov = symmetrize(chol_solve(chol, eye))
+    return new_cov @ (chol_solve(cov_chol, mean) + h), new_cov

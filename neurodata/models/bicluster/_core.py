@@ -55,7 +55,12 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 from jax.scipy.special import gammaln
 
 from neurodata.models._jax.hmm import hmm_sample_posterior
-from neurodata.models._jax.kalman import ffbs
+from neurodata.models._jax.kalman import (
+    backward_information_filter,
+    condition,
+    ffbs,
+    log_expected_potential,
+)
 from neurodata.models._jax.linalg import chol_logdet, psd_cholesky, symmetrize
 from neurodata.models._jax.polyagamma import sample_gamma, sample_pg
 
@@ -149,27 +154,86 @@ def _dirichlet(key, alpha):
     return g / jnp.sum(g, axis=-1, keepdims=True)
 
 
-def sample_latents(key, state: ChainState, omega, kappa) -> jnp.ndarray:
-    """Kalman FFBS of every cluster's trajectory given the PG variables; ``(T, K, d)``.
+def observation_potentials(state: ChainState, omega, kappa):
+    """Information-form potentials of every cluster's trajectory given the PG variables.
+
+    The PG-augmented likelihood is Gaussian in ``v_i^T X^{(z_i)}_t`` with pseudo-observation
+    ``kappa/omega - (delta_i - log r_i)`` and precision ``omega``. Returns ``J`` ``(K, T, d,
+    d)`` and ``h`` ``(K, T, d)``; empty slots get zero potentials.
+    """
+    K = state.latents.shape[1]
+    onehot = jax.nn.one_hot(state.z, K, dtype=omega.dtype)
+    v = jnp.concatenate([jnp.ones_like(state.loadings[:, :1]), state.loadings], axis=1)
+    resid = kappa - omega * (state.delta - jnp.log(state.dispersion))[None, :]
+    J = jnp.einsum("tn,nk,nd,ne->ktde", omega, onehot, v, v)
+    h = jnp.einsum("tn,nk,nd->ktd", resid, onehot, v)
+    return J, h
+
+
+def _per_cluster(a, states):
+    """Dynamics blocks ``(S, K, ...)`` of the ``T - 1`` transitions, as ``(K, T - 1, ...)``."""
+    return jnp.moveaxis(a[states[:-1]], 1, 0)
+
+
+def sample_latents(key, state: ChainState, J, h) -> jnp.ndarray:
+    """Kalman FFBS of every cluster's trajectory given the potentials; ``(T, K, d)``.
 
     Each neuron loads on one cluster and the dynamics act on each cluster's block
     separately, so the posterior factorises over clusters: ``K`` independent ``d``-dimensional
     FFBS runs (vmapped) replace one ``K d``-dimensional run (``K^2`` times fewer flops).
     Empty slots get no observation potential and are drawn from their dynamics prior.
     """
-    T, K, d = state.latents.shape
-    onehot = jax.nn.one_hot(state.z, K, dtype=omega.dtype)
-    v = jnp.concatenate([jnp.ones_like(state.loadings[:, :1]), state.loadings], axis=1)
-    # pseudo-observation of v_i^T X: kappa/omega - (delta_i - log r_i), precision omega
-    resid = kappa - omega * (state.delta - jnp.log(state.dispersion))[None, :]
-    J = jnp.einsum("tn,nk,nd,ne->ktde", omega, onehot, v, v)
-    h = jnp.einsum("tn,nk,nd->ktd", resid, onehot, v)
-    prev = state.states[:-1]
-    per_cluster = lambda a: jnp.moveaxis(a[prev], 1, 0)  # noqa: E731  (K, T-1, ...)
+    K, d = state.latents.shape[1:]
     x = jax.vmap(ffbs, in_axes=(0, None, None, 0, 0, 0, 0, 0))(
-        jax.random.split(key, K), jnp.zeros(d), jnp.eye(d), per_cluster(state.A),
-        per_cluster(state.b), per_cluster(state.Q), J, h)
+        jax.random.split(key, K), jnp.zeros(d), jnp.eye(d),
+        *(_per_cluster(a, state.states) for a in (state.A, state.b, state.Q)), J, h)
     return jnp.moveaxis(x, 0, 1)
+
+
+def sample_states_collapsed(key, states, A, b, Q, trans, J, h, occupied) -> jnp.ndarray:
+    """Single-site Gibbs update of every ``xi_t`` with all trajectories integrated out.
+
+    Gerlach, Carter & Kohn (2000): a backward information filter under the current states
+    gives ``p(potentials_{t+1:} | X_{t+1})``; a forward Kalman filter under the already
+    updated ``xi_{<t}`` gives ``p(X_t | potentials_{<=t})``; the two meet through the
+    transition that ``xi_t`` selects, so each ``p(xi_t | xi_{-t}, omega, ...)`` is exact and
+    costs ``O(S K d^3)``. The update sees the counts (through the PG potentials) rather than
+    one drawn trajectory, which follows the current states closely; it moves state
+    boundaries to where the data put them. Empty slots have no potentials and drop out.
+    """
+    T = states.shape[0]
+    d = A.shape[-1]
+    Omegas, omegas = jax.vmap(backward_information_filter)(
+        *(_per_cluster(a, states) for a in (A, b, Q)), J, h)
+    log_trans = jnp.log(trans)
+    keep = occupied > 0
+    m0, P0 = jax.vmap(condition, in_axes=(None, None, 0, 0))(jnp.zeros(d), jnp.eye(d),
+                                                             J[:, 0], h[:, 0])
+    expected = jax.vmap(jax.vmap(log_expected_potential), in_axes=(0, 0, None, None))
+
+    def step(carry, inputs):
+        m, P, s_prev = carry
+        t, Om, om, J1, h1, s_next, k = inputs
+        mu = jnp.einsum("skde,ke->skd", A, m) + b
+        cov = jnp.einsum("skde,kef,skgf->skdg", A, P, A) + Q
+        ll = jnp.sum(jnp.where(keep[None], expected(mu, cov, Om, om), 0.0), axis=1)
+        logits = ll + log_trans[:, s_next] + jnp.where(t > 0, log_trans[s_prev], 0.0)
+        s = jax.random.categorical(k, logits)
+        m_new, P_new = jax.vmap(condition)(mu[s], cov[s], J1, h1)
+        # empty slots are reset rather than predicted: under per-cluster dynamics their
+        # prior-drawn blocks may be explosive, and they carry no likelihood anyway
+        m = jnp.where(keep[:, None], m_new, m0)
+        P = jnp.where(keep[:, None, None], P_new, P0)
+        return (m, P, s), s
+
+    time_first = lambda a: jnp.moveaxis(a, 0, 1)[1:]  # noqa: E731  (T - 1, K, ...)
+    keys = jax.random.split(key, T)
+    (_, _, s_prev), head = lax.scan(
+        step, (m0, P0, jnp.asarray(0)),
+        (jnp.arange(T - 1), time_first(Omegas), time_first(omegas), time_first(J),
+         time_first(h), states[1:], keys[:-1]))
+    last = jax.random.categorical(keys[-1], log_trans[s_prev])
+    return jnp.concatenate([head, last[None]]).astype(states.dtype)
 
 
 def transition_loglik(latents, A, b, Q, occupied) -> jnp.ndarray:
@@ -390,7 +454,7 @@ def sample_dispersion(key, data: Data, psi, delta, dispersion, priors: Priors):
 def sweep(key, state: ChainState, data: Data, priors: Priors, negbin: bool) -> ChainState:
     """One Gibbs sweep (see the module docstring for the order and the conditionals)."""
     S = state.trans.shape[0]
-    keys = jax.random.split(key, 7)
+    keys = jax.random.split(key, 8)
     y = data.y
     r = state.dispersion
     K = state.latents.shape[1]
@@ -404,8 +468,11 @@ def sweep(key, state: ChainState, data: Data, priors: Priors, negbin: bool) -> C
     psi = log_rate(state)
     omega = sample_pg(keys[2], y + r[None, :], psi - jnp.log(r)[None, :])
     kappa = (y - r[None, :]) / 2.0
-    latents = sample_latents(keys[3], state._replace(states=states, A=A, b=b, Q=Q), omega,
-                             kappa)
+    J, h = observation_potentials(state, omega, kappa)
+    # states again, now with the trajectories integrated out (valid as a partially collapsed
+    # Gibbs step because the trajectories are redrawn right after)
+    states = sample_states_collapsed(keys[7], states, A, b, Q, state.trans, J, h, occupied)
+    latents = sample_latents(keys[3], state._replace(states=states, A=A, b=b, Q=Q), J, h)
     if not priors.shared_dynamics:
         # per-cluster blocks after the trajectories, every slot given its own trajectory: an
         # empty slot's block drawn from the prior alone can be explosive and overflow its
