@@ -87,7 +87,10 @@ def test_affinity_bad_input():
 def fitted():
     ds = simulate(n_neurons=30, n_animals=4, epoch_duration=60.0, sampling_rate=5.0,
                   missing=0.1, seed=0)
-    dc = DynamicConnectome(rank=3, window=10.0, step=5.0, n_init=4, seed=0).fit(ds)
+    # streamed over chunks of 12 windows (tests/test_ntf_streaming.py: same factors as in
+    # memory), so the recovery, atlas and figure tests run on the streaming pipeline
+    dc = DynamicConnectome(rank=3, window=10.0, step=5.0, n_init=4, stream=True, chunk_size=12,
+                           seed=0).fit(ds)
     return ds, dc
 
 

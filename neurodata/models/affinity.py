@@ -57,9 +57,12 @@ def _window_affinity(x: jnp.ndarray, ia, ib, kernel: str, sigma: float) -> jnp.n
     return jnp.exp(-(1.0 - rho) / sigma**2)
 
 
-@partial(jax.jit, static_argnames=("length", "kernel"))
-def _affinities(x, starts, ia, ib, length: int, kernel: str, sigma: float):
-    """``x (animal, time, neuron)`` -> ``(animal, window, pair)``; vmapped twice."""
+@partial(jax.jit, static_argnames=("length", "kernel", "dtype"))
+def _affinities(x, starts, ia, ib, length: int, kernel: str, sigma: float, dtype):
+    """``x (animal, time, neuron)`` -> ``(pair, window, animal)`` in ``dtype``; vmapped twice.
+
+    Computed in ``x``'s dtype (float64), cast at the end.
+    """
     offsets = jnp.arange(length)
 
     def one_animal(xa):
@@ -68,7 +71,7 @@ def _affinities(x, starts, ia, ib, length: int, kernel: str, sigma: float):
 
         return jax.vmap(one_window)(starts)
 
-    return jax.vmap(one_animal)(x)
+    return jnp.transpose(jax.vmap(one_animal)(x), (2, 1, 0)).astype(dtype)
 
 
 def _batch(sig, starts, pair_mask, window_mask, ia, ib, batch: int, length: int, kernel: str,
@@ -86,10 +89,10 @@ def _batch(sig, starts, pair_mask, window_mask, ia, ib, batch: int, length: int,
                         + length, sig.shape[2]), sig.dtype)
     stretch[:, :span] = sig[:, first:first + span]
     aff = _affinities(jnp.asarray(stretch), jnp.asarray(starts[idx] - first), ia, ib, length,
-                      kernel, sigma)
-    aff = np.asarray(aff)[:, : b1 - b0].astype(dtype).transpose(2, 1, 0)
+                      kernel, sigma, np.dtype(dtype))
+    aff = np.asarray(aff)[:, : b1 - b0]
     keep = pair_mask[:, None, :] & window_mask[None, b0:b1]
-    return np.where(keep, aff, np.zeros((), dtype))
+    return aff if keep.all() else np.where(keep, aff, np.zeros((), dtype))
 
 
 def _sampling_rate(ds: xr.Dataset, sampling_rate: float | None) -> float:

@@ -43,7 +43,7 @@ from scipy.optimize import linear_sum_assignment
 
 from neurodata.errors import InputDataError
 from neurodata.models._base import NeurodataModel
-from neurodata.models._jax.memory import device_memory, plan_batch_size
+from neurodata.models._jax.memory import device_memory, host_memory, plan_batch_size
 from neurodata.models.affinity import affinity_tensor, pairs_to_matrix
 
 __all__ = [
@@ -436,8 +436,42 @@ def _chunk_stats(acc, y, mask, factors, start, *, mode: int, axis: int):
     return jax.vmap(one)(acc, tuple(factors))
 
 
+@partial(jax.jit, static_argnames=("method", "inner_iter"))
+def _batched_update(k_mat, grams, f, *, method, inner_iter, inner_tol, floor, eps):
+    return jax.vmap(partial(_update, method=method, inner_iter=inner_iter, inner_tol=inner_tol,
+                            floor=floor, eps=eps))(k_mat, grams, f)
+
+
+class _StreamState(NamedTuple):
+    factors: tuple
+    n_iter: jnp.ndarray
+    err: jnp.ndarray
+    prev: jnp.ndarray
+    errors: jnp.ndarray
+    active: jnp.ndarray
+
+
+@partial(jax.jit, static_argnames=("max_iter",))
+def _stream_advance(state, new, k_mat, grams, norm_sq, *, max_iter: int, tol):
+    """Bookkeeping of one streamed iteration, as a vmapped ``while_loop`` does it.
+
+    A replicate that has stopped keeps its state; the others take the new factors and
+    error, and stop by :func:`_running`.
+    """
+    active = state.active
+    new_err = jax.vmap(_rel_error, in_axes=(None, 0, 0, 0))(norm_sq, k_mat, grams, new[-1])
+    factors = tuple(jnp.where(active[:, None, None], a, b)
+                    for a, b in zip(new, state.factors, strict=True))
+    rows = jnp.arange(active.shape[0])
+    errors = state.errors.at[rows, jnp.where(active, state.n_iter, max_iter)].set(
+        new_err, mode="drop")
+    prev = jnp.where(active, state.err, state.prev)
+    err = jnp.where(active, new_err, state.err)
+    it = state.n_iter + active
+    return _StreamState(factors, it, err, prev, errors, _running(it, err, prev, max_iter, tol))
+
+
 _batched_grams = jax.jit(jax.vmap(_grams, in_axes=(None, 0, None)), static_argnums=2)
-_batched_error = jax.jit(jax.vmap(_rel_error, in_axes=(None, 0, 0, 0)))
 
 
 def fit_cp_stream(
@@ -479,14 +513,14 @@ def fit_cp_stream(
     CPFit
     """
     axis, chunk, dtype = stream.axis, stream.chunk, stream.dtype
-    update = jax.jit(jax.vmap(partial(_update, method=method, inner_iter=inner_iter,
-                                      inner_tol=inner_tol, floor=floor, eps=eps)))
+    update = partial(_batched_update, method=method, inner_iter=inner_iter,
+                     inner_tol=inner_tol, floor=floor, eps=eps)
     static = None if stream.static is None else jnp.asarray(stream.static, dtype)
-    factors = [jnp.asarray(f, dtype) for f in init]
-    n_rep, rank = factors[0].shape[0], factors[0].shape[2]
+    n_rep, rank = init[0].shape[0], init[0].shape[2]
     padded = stream.n_chunks * chunk
+    factors = [np.asarray(f, dtype) for f in init]
     # zero rows past the end: no data, no Gram, and HALS / MU keep them at zero
-    factors[axis] = jnp.pad(factors[axis], ((0, 0), (0, padded - stream.shape[axis]), (0, 0)))
+    factors[axis] = np.pad(factors[axis], ((0, 0), (0, padded - stream.shape[axis]), (0, 0)))
 
     def stats(factors, mode):
         rows = padded if mode == axis else stream.shape[mode]
@@ -494,8 +528,10 @@ def fit_cp_stream(
         if stream.chunked:
             # the Grams' shape: one per row along the modes the mask varies along
             per_row = mode == axis or stream.mask_shape[mode] > 1
-            grams = jnp.zeros((n_rep,) + ((rows,) if per_row else ()) + (rank, rank), dtype)
-        acc = (jnp.zeros((n_rep, rows, rank), dtype), grams)
+            grams = np.zeros((n_rep,) + ((rows,) if per_row else ()) + (rank, rank), dtype)
+        # host zeros: sent to the device, not compiled as eager ops
+        acc = (jnp.asarray(np.zeros((n_rep, rows, rank), dtype)),
+               None if grams is None else jnp.asarray(grams))
         for c in range(stream.n_chunks):
             y, mask = stream.device_chunk(c)
             # wait for this chunk before reading the next: one chunk in memory at a time
@@ -506,27 +542,19 @@ def fit_cp_stream(
             grams = _batched_grams(static, tuple(factors), mode)
         return k_mat, grams
 
-    norm_sq = jnp.asarray(norm_sq, dtype)
-    it = jnp.zeros(n_rep, int)
-    err = prev = jnp.full(n_rep, jnp.inf, dtype)
-    buf = jnp.full((n_rep, max_iter), jnp.nan, dtype)
-    active = _running(it, err, prev, max_iter, tol)
-    while bool(active.any()):
-        new, k_mat, grams = _sweep(stats, factors, update)
-        new_err = _batched_error(norm_sq, k_mat, grams, new[-1])
-        # as a vmapped while_loop: a replicate that has stopped keeps its state
-        factors = [jnp.where(active[:, None, None], a, b) for a, b in zip(new, factors,
-                                                                          strict=True)]
-        buf = buf.at[jnp.arange(n_rep), it].set(jnp.where(active, new_err, jnp.nan),
-                                                mode="drop")
-        prev = jnp.where(active, err, prev)
-        err = jnp.where(active, new_err, err)
-        it = it + active
-        active = _running(it, err, prev, max_iter, tol)
+    state = _StreamState(tuple(jnp.asarray(f) for f in factors), np.zeros(n_rep, int),
+                         np.full(n_rep, np.inf, dtype), np.full(n_rep, np.inf, dtype),
+                         np.full((n_rep, max_iter), np.nan, dtype), np.ones(n_rep, bool))
+    norm_sq = np.asarray(norm_sq, dtype)
+    while bool(np.asarray(state.active).any()):
+        new, k_mat, grams = _sweep(stats, state.factors, update)
+        state = _stream_advance(state, new, k_mat, grams, norm_sq, max_iter=max_iter, tol=tol)
+    factors = list(state.factors)
     factors[axis] = factors[axis][:, : stream.shape[axis]]
-    return CPFit(tuple(factors), buf, it)
+    return CPFit(tuple(factors), state.errors, state.n_iter)
 
 
+@partial(jax.jit, static_argnames=("shape", "rank", "n_init", "dtype"))
 def random_init(key: jax.Array, shape, rank: int, n_init: int, norm: float, dtype) -> tuple:
     """Uniform random non-negative factors whose model norm equals ``norm``.
 
@@ -744,7 +772,7 @@ def _free_memory() -> float:
 
     free = [device_memory().free]
     if jax.default_backend() != "cpu":  # chunks are read on the host, then sent over
-        free.append(device_memory(jax.devices("cpu")[0]).free)
+        free.append(host_memory().free)
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
     if limit != resource.RLIM_INFINITY:
         try:
