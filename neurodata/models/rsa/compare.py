@@ -10,6 +10,7 @@ array shape (no NaN filtering). Everything is float64.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -29,26 +30,43 @@ COMPARATORS = (
 _VECTOR = ("cosine", "corr", "spearman", "rho-a")
 
 
+def _order_keys(v: jax.Array) -> jax.Array:
+    # int64 keys with the order of the float64 values (-0.0 and 0.0 equal): XLA sorts one
+    # integer operand several times faster than floats or (key, index) pairs
+    bits = jax.lax.bitcast_convert_type(v + 0.0, jnp.int64)
+    return bits ^ ((bits >> 63) & jnp.int64(0x7FFFFFFFFFFFFFFF))
+
+
+def _count_below(srt: jax.Array, q: jax.Array, strict: bool = True) -> jax.Array:
+    """Entries of each sorted row of ``srt`` below (``<``, or ``<=``) each ``q`` of that row.
+
+    A branchless binary search: ``ceil(log2(n + 1))`` clipped gathers.
+    """
+    n = srt.shape[-1]
+    lo = jnp.zeros(q.shape, jnp.int32)
+    step = 1 << (n.bit_length() - 1)
+    while step:
+        val = jnp.take_along_axis(srt, jnp.minimum(lo + step - 1, n - 1), -1, mode="clip")
+        ok = (lo + step - 1 < n) & ((val < q) if strict else (val <= q))
+        lo = jnp.where(ok, lo + step, lo)
+        step >>= 1
+    return lo
+
+
 def masked_ranks(v: jax.Array, mask: jax.Array) -> jax.Array:
     """Average (tie-aware) ranks, starting at 1, of the masked entries of each row of ``v``.
 
     Entries outside the mask get rank 0; the ranks of the others equal
     ``scipy.stats.rankdata`` on the masked entries alone.
     """
-    big = jnp.where(mask, v, jnp.inf)
-    order = jnp.argsort(big, axis=-1)
-    srt = jnp.take_along_axis(big, order, -1)
-    p = srt.shape[-1]
-    pos = jnp.arange(p)
-    # a tie group spans [first, last]; its members share the rank (first + last) / 2 + 1
-    step = srt[..., 1:] != srt[..., :-1]
-    edge = jnp.ones((*srt.shape[:-1], 1), bool)
-    first = jax.lax.cummax(jnp.where(jnp.concatenate([edge, step], -1), pos, 0),
-                           axis=srt.ndim - 1)
-    last = jax.lax.cummin(jnp.where(jnp.concatenate([step, edge], -1), pos, p),
-                          axis=srt.ndim - 1, reverse=True)
-    ranks = jnp.put_along_axis(jnp.zeros(srt.shape, v.dtype), order, (first + last) / 2 + 1,
-                               -1, inplace=False)
+    # the average rank of x is #below + (#equal + 1) / 2 among the masked entries; #equal is
+    # a histogram of the low ranks. Masked-out entries get the largest key, which no finite
+    # value reaches
+    keys = jnp.where(mask, _order_keys(v), jnp.iinfo(jnp.int64).max)
+    below = _count_below(jnp.sort(keys, -1), keys)
+    flat = below.reshape(-1, below.shape[-1])
+    equal = jax.vmap(lambda r: jnp.zeros(r.shape, jnp.int32).at[r].add(1)[r])(flat)
+    ranks = below + (equal.reshape(below.shape) + 1).astype(v.dtype) / 2
     return jnp.where(mask, ranks, 0.0)
 
 
@@ -105,39 +123,112 @@ def rank_similarity(ra: jax.Array, rb: jax.Array, mask: jax.Array, method: str) 
     return 12.0 * (_masked_center(ra, w) @ _masked_center(rb, w).T) / (n**3 - n)
 
 
+def _pairs_in_blocks(x: jax.Array, s: int) -> jax.Array:
+    # per row: pairs (a < b) inside each block of s consecutive entries with x_a > x_b. One
+    # fused elementwise pass over the s - 1 shifted copies (a loop over the shifts re-reads
+    # the array s times and is ~8x slower on CPU); the padding never counts
+    blk = x.reshape(x.shape[0], -1, s)
+    padded = jnp.concatenate([blk, jnp.full_like(blk, jnp.iinfo(blk.dtype).max)], -1)
+    count = sum((blk > padded[..., d:d + s]).astype(jnp.int16) for d in range(1, s))
+    return jnp.sum(count, (-1, -2), dtype=jnp.int64)
+
+
+def _exclusive_cumsum(x: jax.Array, axis: int, reverse: bool = False) -> jax.Array:
+    return jax.lax.associative_scan(jnp.add, x, axis=axis, reverse=reverse) - x
+
+
+def _permutation_inversions(sigma: jax.Array, inv_sigma: jax.Array, s: int) -> jax.Array:
+    """Inversions of each row's permutation ``sigma (m, n)`` (with its inverse), s | n.
+
+    Square-root decomposition, O(n s + n^2 / s^2) per row: with position blocks and value
+    buckets of s, an inverted pair lies in one position block (compared directly), in one
+    value bucket (compared directly on the inverse) or in different blocks and buckets
+    (counted from the block x bucket histogram).
+    """
+    m, n = sigma.shape
+    nb = n // s
+    small = jnp.int16 if n < jnp.iinfo(jnp.int16).max else sigma.dtype
+    # same bucket, different blocks: value pairs w < w' whose positions lie in blocks
+    # P(w) > P(w'), i.e. pairs x_a > x_b of the inverse's block ids
+    direct = _pairs_in_blocks(jnp.concatenate([sigma, inv_sigma // s]).astype(small), s)
+    hist = jnp.zeros((m, nb * nb), jnp.int32).at[
+        jnp.arange(m)[:, None], (jnp.arange(n) // s)[None] * nb + sigma // s].add(
+            1, mode="promise_in_bounds")
+    hist = hist.reshape(m, nb, nb)
+    # elements in earlier blocks and higher buckets than each (block, bucket) cell
+    earlier_higher = _exclusive_cumsum(_exclusive_cumsum(hist, 1), 2, reverse=True)
+    return direct[:m] + direct[m:] + jnp.sum(hist.astype(jnp.int64) * earlier_higher, (-1, -2))
+
+
 @jax.jit
-def _sign_products(a: jax.Array, b: jax.Array) -> jax.Array:
-    # sum over ordered pairs (i, j) of sign(a_i - a_j) sign(b_i - b_j) = 2 (C - D), as an
-    # O(p^2) sign product in row blocks (memory O(block p)); tied pairs contribute 0. The
-    # signs (taken in float64) are exact in float32 and a block sums at most block * p < 2^24
-    # of them, so the products run in float32 and accumulate in float64
-    p = a.shape[1]
-    block = 128
-    pad = (-p) % block
-    rows_a = jnp.pad(a, ((0, 0), (0, pad)))
-    rows_b = jnp.pad(b, ((0, 0), (0, pad)))
-    valid = jnp.pad(jnp.ones(p, jnp.float32), (0, pad))
-
-    def body(acc, start):
-        ia = jax.lax.dynamic_slice_in_dim(rows_a, start, block, 1)
-        ib = jax.lax.dynamic_slice_in_dim(rows_b, start, block, 1)
-        ok = jax.lax.dynamic_slice_in_dim(valid, start, block, 0)
-        sa = jnp.sign(ia[:, :, None] - a[:, None, :]).astype(jnp.float32) * ok[None, :, None]
-        sb = jnp.sign(ib[:, :, None] - b[:, None, :]).astype(jnp.float32)
-        return acc + jnp.einsum("xij,yij->xy", sa, sb).astype(a.dtype), None
-
-    starts = jnp.arange(0, p + pad, block)
-    acc, _ = jax.lax.scan(body, jnp.zeros((a.shape[0], b.shape[0]), a.dtype), starts)
-    return acc
+def _low_ranks(v: jax.Array):
+    # rank = entries strictly below (ties share the lowest); their sum is n0 - tied pairs
+    keys = _order_keys(v)
+    low = _count_below(jnp.sort(keys, -1), keys)
+    p = v.shape[-1]
+    return low, p * (p - 1) // 2 - jnp.sum(low, -1, dtype=jnp.int64)
 
 
-@jax.jit
-def _untied_pairs(v: jax.Array) -> jax.Array:
-    # ordered pairs with different values: p^2 - sum over tie groups of size^2
-    srt = jnp.sort(v, -1)
-    count = jax.vmap(lambda s, x: jnp.searchsorted(s, x, side="right")
-                     - jnp.searchsorted(s, x, side="left"))(srt, v)
-    return v.shape[1] ** 2 - jnp.sum(count, -1).astype(v.dtype)
+@partial(jax.jit, static_argnames=("a_untied", "b_untied"))
+def _discordant(ra: jax.Array, rb: jax.Array, a_untied: bool, b_untied: bool):
+    """Discordant pairs D and pairs tied in both (n3) for all pairs of rank rows.
+
+    Pairs sorted by (rank_a, rank_b) list a-ties ascending in b, so D is the number of
+    strict inversions of rank_b in that order (Knight 1966); a stable re-sort by rank_b
+    makes them the inversions of a permutation. Without ties in a, the per-RDM order of a
+    already is that order, and without ties in b, rank_b already is the permutation: the
+    per-pair sorts are skipped.
+    """
+    p = ra.shape[1]
+    m = ra.shape[0] * rb.shape[0]
+    key_type = jnp.int32 if p * p < jnp.iinfo(jnp.int32).max else jnp.int64
+    q = jnp.arange(p, dtype=key_type)
+    if a_untied:
+        order_a = jnp.sort(ra.astype(key_type) * p + q, -1) % p
+        seq = jax.vmap(lambda o: rb[:, o])(order_a).reshape(m, p).astype(key_type)
+        tied_ab = jnp.zeros(m, jnp.int64)
+    else:
+        lex = jnp.sort((ra[:, None, :].astype(key_type) * p + rb[None]).reshape(m, p), -1)
+        seq = lex % p
+        run = jnp.concatenate([jnp.ones((m, 1), bool), lex[:, 1:] != lex[:, :-1]], 1)
+        first = jax.lax.associative_scan(jnp.maximum, jnp.where(run, q, 0), axis=1)
+        tied_ab = jnp.sum(q - first, -1, dtype=jnp.int64)
+    s = max(64, 1 << int(np.ceil(np.log2(np.sqrt(p)))))
+    n = -(-p // s) * s
+    rows = jnp.arange(m)[:, None]
+    pad = jnp.broadcast_to(jnp.arange(p, n, dtype=jnp.int32), (m, n - p))
+    positions = jnp.arange(n, dtype=jnp.int32)[None]
+    if b_untied:
+        sigma = jnp.concatenate([seq.astype(jnp.int32), pad], 1)
+        inv_sigma = jnp.zeros_like(sigma).at[rows, sigma].set(
+            positions, mode="promise_in_bounds", unique_indices=True)
+    else:
+        inv_sigma = jnp.concatenate(
+            [(jnp.sort(seq * p + q, -1) % p).astype(jnp.int32), pad], 1)
+        sigma = jnp.zeros_like(inv_sigma).at[rows, inv_sigma].set(
+            positions, mode="promise_in_bounds", unique_indices=True)
+    return _permutation_inversions(sigma, inv_sigma, s), tied_ab
+
+
+def _kendall_parts(va: jax.Array, vb: jax.Array):
+    """(C - D) for all pairs of rows, and the pairs tied in each row, as scipy's kendalltau.
+
+    C - D = n0 - n1 - n2 + n3 - 2 D (n1, n2 the pairs tied in a, in b; n3 in both); every
+    row is ranked once.
+    """
+    ra, ties_a = _low_ranks(va)
+    rb, ties_b = _low_ranks(vb)
+    a_untied, b_untied = not bool(ties_a.any()), not bool(ties_b.any())
+    if b_untied and not a_untied:  # C - D is symmetric: put the untied side first
+        disc, tied_ab = _discordant(rb, ra, True, False)
+        disc, tied_ab = (x.reshape(vb.shape[0], va.shape[0]).T for x in (disc, tied_ab))
+    else:
+        disc, tied_ab = _discordant(ra, rb, a_untied, b_untied)
+        disc, tied_ab = (x.reshape(va.shape[0], vb.shape[0]) for x in (disc, tied_ab))
+    p = va.shape[1]
+    n0 = p * (p - 1) // 2
+    c_minus_d = n0 - ties_a[:, None] - ties_b[None] + tied_ab - 2 * disc
+    return c_minus_d.astype(va.dtype), n0, ties_a, ties_b
 
 
 def _second_moment(d: jax.Array) -> jax.Array:
@@ -265,17 +356,19 @@ def compare(
         )
     n = a.shape[1]
     iu, ju = _triu(n)
-    va, vb = jnp.asarray(a[:, iu, ju]), jnp.asarray(b[:, iu, ju])
-    ja, jb = a, b  # numpy: the jitted kernels take them as they are
+    # numpy in: the jitted kernels convert it faster than separate jnp.asarray calls
+    va, vb = a[:, iu, ju], b[:, iu, ju]
+    ja, jb = a, b
     if method in _VECTOR:
         sim = _vector_jit(va, vb, np.ones(va.shape[1], bool), method)
-    elif method == "tau-a":
-        p = va.shape[1]
-        sim = jnp.clip(_sign_products(va, vb) / (p * (p - 1)), -1.0, 1.0)
-    elif method == "kendall":
-        # tau-b = (C - D) / sqrt((n0 - n1)(n0 - n2)), n1, n2 the pairs tied in each RDM
-        den = jnp.sqrt(_untied_pairs(va)[:, None] * _untied_pairs(vb)[None])
-        sim = jnp.clip(_sign_products(va, vb) / den, -1.0, 1.0)
+    elif method in ("tau-a", "kendall"):
+        c_minus_d, n0, ties_a, ties_b = _kendall_parts(va, vb)
+        if method == "tau-a":
+            sim = jnp.clip(c_minus_d / n0, -1.0, 1.0)
+        else:
+            # tau-b = (C - D) / sqrt((n0 - n1)(n0 - n2)), n1, n2 the pairs tied in each RDM
+            den = jnp.sqrt(((n0 - ties_a)[:, None] * (n0 - ties_b)[None]).astype(va.dtype))
+            sim = jnp.clip(c_minus_d / den, -1.0, 1.0)
     elif method in ("corr_cov", "cosine_cov"):
         if method == "corr_cov":
             off = 1.0 - np.eye(n)

@@ -30,6 +30,7 @@ import xarray as xr
 from neurodata.errors import InputDataError
 from neurodata.models.rsa.compare import (
     _VECTOR,
+    _low_ranks,
     masked_ranks,
     rank_similarity,
     vector_similarity,
@@ -40,6 +41,7 @@ __all__ = ["cv_corrected_covariance", "dual_bootstrap", "fdr", "noise_ceiling",
            "pairwise_tests"]
 
 _KINDS = ("both", "rdm", "pattern")
+_RANKED = ("spearman", "rho-a")
 
 
 def _normalise(v: jax.Array, mask: jax.Array, method: str) -> jax.Array:
@@ -55,25 +57,67 @@ def _normalise(v: jax.Array, mask: jax.Array, method: str) -> jax.Array:
     return masked_ranks(v, mask)
 
 
-def _sample_stats(models, data, group_of, group_counts, idx, method):
-    """Model evaluations and (lower, upper) noise ceiling for one resampled data set."""
+def _rank_keys(rdms: jax.Array) -> jax.Array:
+    """Each RDM's entries replaced by their rank among its pairs (ties share the lowest).
+
+    Resampling only repeats and drops pairs, so these integer keys order (and tie) any
+    resampled or masked RDM vector exactly as its values: :func:`_ranks_from_keys` then
+    ranks it without sorting.
+    """
+    n = rdms.shape[-1]
+    iu, ju = np.triu_indices(n, 1)
+    low, _ = _low_ranks(rdms[:, iu, ju])
+    return jnp.zeros(rdms.shape, jnp.int32).at[:, iu, ju].set(low).at[:, ju, iu].set(low)
+
+
+def _ranks_from_keys(keys: jax.Array, mask: jax.Array) -> jax.Array:
+    """:func:`masked_ranks` of vectors given by their :func:`_rank_keys` ``(rows, p)``.
+
+    A histogram of the masked keys and its cumulative sum give, for every entry, the
+    masked entries below it and tied with it: O(p) per row instead of a sort.
+    """
+    n_keys = keys.shape[-1]  # resampled RDMs have as many pairs as the original ones
+
+    def one(k):
+        hist = jnp.zeros(n_keys).at[k].add(mask.astype(jnp.float64))
+        below = jax.lax.associative_scan(jnp.add, hist) - hist
+        return jnp.where(mask, below[k] + (hist[k] + 1) / 2, 0.0)
+
+    return jax.vmap(one)(keys.reshape(-1, n_keys)).reshape(keys.shape)
+
+
+def _pair_vectors(models, data, idx, method):
+    """Resampled RDM vectors (ranked for the rank comparators) and the pair mask.
+
+    For the rank comparators ``models`` and ``data`` are :func:`_rank_keys`.
+    """
     n = idx.shape[0]
     iu, ju = np.triu_indices(n, 1)
     a, b = idx[iu], idx[ju]
     mask = a != b
-    mv = models[:, a, b]
-    dv = data[:, a, b]
+    mv, dv = models[:, a, b], data[:, a, b]
+    if method in _RANKED:
+        mv, dv = _ranks_from_keys(mv, mask), _ranks_from_keys(dv, mask)
+    return mv, dv, mask
+
+
+def _vector_stats(mv, dv, mask, group_of, group_counts, method):
+    """Model evaluations and (lower, upper) noise ceiling from :func:`_pair_vectors`."""
     w = group_counts[group_of]  # how often each RDM was drawn
-    sims = vector_similarity(mv, dv, mask, method)
+    ranked = method in _RANKED
+    sims = (rank_similarity(mv, dv, mask, method) if ranked
+            else vector_similarity(mv, dv, mask, method))
     evals = (sims @ w) / jnp.sum(w)
     # noise ceiling: each drawn subject against the pool of the others (lower) and of all
-    # (upper); all pools at once as one weighted sum of the normalised RDMs
-    z = _normalise(dv, mask, method)
+    # (upper); all pools at once as one weighted sum of the normalised RDMs (for the rank
+    # comparators the mean rank, ranked again)
+    z = dv if ranked else _normalise(dv, mask, method)
     mine = (group_of[None, :] == jnp.arange(group_counts.shape[0])[:, None]).astype(dv.dtype)
     w_rest = w[None, :] * (1.0 - mine)
     pools = jnp.concatenate([w_rest, w[None]]) @ z
     pools = pools / jnp.maximum(jnp.concatenate([w_rest.sum(1), w.sum()[None]]), 1e-300)[:, None]
-    s = vector_similarity(pools, dv, mask, method)  # (n_group + 1, n_data)
+    s = (rank_similarity(masked_ranks(pools, mask), dv, mask, method) if ranked
+         else vector_similarity(pools, dv, mask, method))  # (n_group + 1, n_data)
     per_mine = jnp.maximum(mine.sum(1), 1.0)
     lower = jnp.sum(s[:-1] * mine, 1) / per_mine
     upper = (mine @ s[-1]) / per_mine
@@ -81,6 +125,14 @@ def _sample_stats(models, data, group_of, group_counts, idx, method):
     present = (group_counts > 0).astype(dv.dtype)
     nc = jnp.stack([lower @ present, upper @ present]) / jnp.sum(present)
     return evals, nc
+
+
+def _sample_stats(models, data, group_of, group_counts, idx, method):
+    """Model evaluations and (lower, upper) noise ceiling for one resampled data set."""
+    if method in _RANKED:
+        models, data = _rank_keys(models), _rank_keys(data)
+    return _vector_stats(*_pair_vectors(models, data, idx, method), group_of, group_counts,
+                         method)
 
 
 _sample_stats_jit = jax.jit(_sample_stats, static_argnames="method")
@@ -91,14 +143,21 @@ def _bootstrap_core(models, data, group_of, group_draws, stim_draws, method, bat
     n_group = int(group_draws.shape[1])
     n_stim = data.shape[1]
     all_groups = jnp.ones(n_group)
-    all_stim = jnp.arange(n_stim)
+    if method in _RANKED:
+        models, data = _rank_keys(models), _rank_keys(data)
+    # the subjects-only kind keeps every stimulus: its (ranked) vectors are the same for
+    # every sample
+    full = _pair_vectors(models, data, jnp.arange(n_stim), method)
 
     def one(draw):
         g, s = draw
         counts = jnp.zeros(n_group).at[g].add(1.0)
-        # the three kinds (both, subjects only, stimuli only) as one vmapped evaluation
-        e, nc = jax.vmap(lambda c, i: _sample_stats(models, data, group_of, c, i, method))(
-            jnp.stack([counts, counts, all_groups]), jnp.stack([s, all_stim, s]))
+        # the three kinds (both, subjects only, stimuli only) as one vmapped evaluation;
+        # "both" and "stimuli only" share the resampled (ranked) vectors
+        drawn = _pair_vectors(models, data, s, method)
+        vectors = jax.tree.map(lambda x, y: jnp.stack([x, y, x]), drawn, full)
+        e, nc = jax.vmap(lambda v, c: _vector_stats(*v, group_of, c, method))(
+            vectors, jnp.stack([counts, counts, all_groups]))
         return e.T, nc.T
 
     return jax.lax.map(one, (group_draws, stim_draws), batch_size=batch_size)
@@ -283,15 +342,16 @@ def _gather_cv_stats(models, data, w, rdm_fold, idx, stim_fold, method, k_patter
     a, b = idx[iu], idx[ju]
     full = a != b
     mv, dv = models[:, a, b], data[:, a, b]
-    pool_all = w @ _normalise(dv, full, method)
+    ranked = method in _RANKED  # then models and data are _rank_keys
+    pool_all = w @ (_ranks_from_keys(dv, full) if ranked else _normalise(dv, full, method))
     test, train = _fold_weights(w, rdm_fold, k_rdm)
 
     def one(slot_fold, f, w_test, w_train):
         inside = slot_fold == f
         mask = full & inside[iu] & inside[ju]
-        if method in ("spearman", "rho-a"):  # rank the data once for both uses
-            rd = masked_ranks(dv, mask)
-            sims = rank_similarity(masked_ranks(mv, mask), rd, mask, method)
+        if ranked:  # rank the data once for both uses
+            rd = _ranks_from_keys(dv, mask)
+            sims = rank_similarity(_ranks_from_keys(mv, mask), rd, mask, method)
             pools = masked_ranks(jnp.stack([w_train @ rd, pool_all]), mask)
             bounds = rank_similarity(pools, rd, mask, method)
         else:
@@ -313,6 +373,8 @@ def _cv_gather(models, data, group_of, group_draws, stim_draws, stim_folds, grou
     n = data.shape[1]
     n_group = group_draws.shape[1]
     all_stim = jnp.arange(n)
+    if method in _RANKED:
+        models, data = _rank_keys(models), _rank_keys(data)
 
     def sample(draw):
         g, s, sf, gf = draw
@@ -538,8 +600,10 @@ def dual_bootstrap(
         folds = _random_folds(keys[2], keys[3], group_draws, stim_draws, n_group, n_stim,
                               n_cv, k_pattern, k_rdm)
         core = _cv_linear if method in ("corr", "cosine") else _cv_gather
+        # the gathered path holds 3 n_cv k_rdm k_pattern ranked (n_model + n_data, n_pair)
+        # blocks per sample: a few samples at a time keep it to a few hundred MB
         evals, nc = core(*args, *folds, method, k_pattern, k_rdm,
-                         batch * (8 if core is _cv_linear else 1))
+                         batch * 8 if core is _cv_linear else max(1, batch // 16))
         # (B, 3, R, J) -> (B, J, 3, R)
         evals, nc = (np.moveaxis(np.asarray(x), (1, 2), (2, 3)) for x in (evals, nc))
     else:
