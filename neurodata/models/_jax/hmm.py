@@ -3,9 +3,10 @@
 All functions take log-likelihoods ``(T, S)``, an initial distribution ``(S,)`` and a
 transition matrix ``(S, S)`` (rows: from, columns: to), plus an optional boolean ``resets``
 ``(T,)``: ``resets[t]`` starts a new independent sequence at ``t`` (drawn from the initial
-distribution), so several trials or sessions can be concatenated without padding. Work is
-done on scaled probabilities (each step normalised, the log normaliser accumulated), which
-is exact and stable. Batch over sequences with ``jax.vmap``.
+distribution), so several trials or sessions can be concatenated without padding;
+``resets=None`` (one sequence) compiles the scans without the per-step reset select. Work
+is done on scaled probabilities (each step normalised, the log normaliser accumulated),
+which is exact and stable. Batch over sequences with ``jax.vmap``.
 """
 
 from __future__ import annotations
