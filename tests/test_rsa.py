@@ -57,6 +57,28 @@ def test_comparators_match_rsatoolbox_on_92_images(data92, method):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6 * scale)
 
 
+@pytest.mark.reference
+@pytest.mark.parametrize("n", [4, 41])
+def test_kendall_taus_equal_scipy_with_and_without_ties(rng, n):
+    # the sub-quadratic count (lexicographic sort, inversions by square-root blocks) has
+    # four paths: ties in neither, either or both RDM sets; p = 6 and 820 pairs (one and
+    # 13 blocks of 64, padded); -0.0 must tie with 0.0
+    import scipy.stats
+    from rsatoolbox.rdm.compare import _tau_a
+    p = n * (n - 1) // 2
+    cont = rng.normal(size=(2, p))
+    tied = rng.integers(0, 3, (2, p)).astype(float)
+    tied[1, : p // 2] = 0.0  # a large tie group
+    tied[1, 0] = -0.0  # equal to 0.0
+    for va, vb in ((cont, cont[::-1]), (tied, cont), (cont, tied), (tied, tied[::-1])):
+        a = np.array([squareform(v) for v in va])
+        b = np.array([squareform(v) for v in vb])
+        ref_a = [[_tau_a(x, y) for y in vb] for x in va]
+        ref_b = [[scipy.stats.kendalltau(x, y).statistic for y in vb] for x in va]
+        np.testing.assert_allclose(rsa.compare(a, b, "tau-a").values, ref_a, atol=1e-12)
+        np.testing.assert_allclose(rsa.compare(a, b, "kendall").values, ref_b, atol=1e-12)
+
+
 def test_whitened_comparators_with_sigma_k_use_the_rdm_covariance(data92, rng):
     brain, models = data92
     n = 20
@@ -373,6 +395,48 @@ def test_linear_bootstrap_path_equals_gathered_rdms(rng):
     slow = inference._bootstrap_core(d[:2], d[2:], groups, g, s, "corr", 3)
     for a, b in zip(fast, slow, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+def test_rank_bootstrap_equals_explicit_ranking(rng):
+    # the rank bootstrap ranks every resampled RDM from integer rank keys and histograms
+    # (no sort) and shares them between kinds; compare with scipy on the gathered vectors
+    import jax.numpy as jnp
+    import scipy.stats
+
+    from neurodata.models.rsa import inference
+    x = rng.normal(size=(7, 9, 3))
+    d = ((x[:, :, None] - x[:, None]) ** 2).sum(-1).round(1)  # rounding makes ties
+    groups = np.array([0, 0, 1, 2, 2])
+    g = np.asarray(jax.random.randint(jax.random.key(0), (4, 3), 0, 3))
+    s = np.asarray(jax.random.randint(jax.random.key(1), (4, 9), 0, 9))
+    ev, nc = inference._bootstrap_core(jnp.asarray(d[:2]), jnp.asarray(d[2:]),
+                                       jnp.asarray(groups), g, s, "spearman", 2)
+    iu, ju = np.triu_indices(9, 1)
+
+    def spearman(u, v):
+        return scipy.stats.spearmanr(u, v).statistic
+
+    for b in range(4):
+        counts = np.bincount(g[b], minlength=3).astype(float)
+        for kind, (c, idx) in enumerate([(counts, s[b]), (counts, np.arange(9)),
+                                         (np.ones(3), s[b])]):
+            a_, b_ = idx[iu], idx[ju]
+            ok = a_ != b_
+            mv, dv = d[:2][:, a_, b_][:, ok], d[2:][:, a_, b_][:, ok]
+            w = c[groups]
+            sims = np.array([[spearman(m, v) for v in dv] for m in mv])
+            np.testing.assert_allclose(ev[b, :, kind], sims @ w / w.sum(), atol=1e-10)
+            ranks = scipy.stats.rankdata(dv, axis=1)
+            lower, upper = [], []
+            for grp in np.where(c > 0)[0]:
+                mine = groups == grp
+                rest = w * ~mine
+                pool_all = w @ ranks / w.sum()
+                pool = rest @ ranks / rest.sum() if rest.sum() > 0 else pool_all
+                lower.append(np.mean([spearman(pool, v) for v in dv[mine]]))
+                upper.append(np.mean([spearman(pool_all, v) for v in dv[mine]]))
+            np.testing.assert_allclose(nc[b, :, kind], [np.mean(lower), np.mean(upper)],
+                                       atol=1e-10)
 
 
 def test_fdr():

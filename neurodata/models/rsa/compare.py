@@ -33,7 +33,8 @@ _VECTOR = ("cosine", "corr", "spearman", "rho-a")
 def _order_keys(v: jax.Array) -> jax.Array:
     # int64 keys with the order of the float64 values (-0.0 and 0.0 equal): XLA sorts one
     # integer operand several times faster than floats or (key, index) pairs
-    bits = jax.lax.bitcast_convert_type(v + 0.0, jnp.int64)
+    # (XLA folds v + 0.0 into v, so -0.0 is mapped to 0.0 by a select)
+    bits = jax.lax.bitcast_convert_type(jnp.where(v == 0, 0.0, v), jnp.int64)
     return bits ^ ((bits >> 63) & jnp.int64(0x7FFFFFFFFFFFFFFF))
 
 
