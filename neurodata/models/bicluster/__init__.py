@@ -5,17 +5,20 @@ Counts ``y_it`` (time bin ``t``, neuron ``i``) are negative binomial with log me
 trajectory ``mu^{(k)}`` and ``p`` latent factors ``x^{(k)}``. The stacked trajectories of
 all clusters follow a switching linear dynamical system whose discrete state ``xi_t`` (the
 temporal cluster, shared by all neurons) picks ``(A, b, Q)`` and follows a sticky HDP-HMM
-(weak-limit truncation ``max_states``); by default each state's ``(A, b, Q)`` is shared by
-every cluster's latent rows (``dynamics="cluster"``: one block per cluster; see
+(weak-limit truncation ``max_states``); by default each state has one block per cluster
+(``dynamics="shared"``: one ``(A, b, Q)`` for every cluster's latent rows; see
 :mod:`neurodata.models.bicluster._core` for why the reference's coupled matrices are not
 used). Neuron clusters are a ``max_clusters``-truncated Dirichlet(``gamma / K``) mixture (a
 sparse finite mixture: the number of occupied clusters is inferred) or, with
 ``cluster_prior="mfm"``, a mixture of finite mixtures with a geometric prior on the number
 of components. The sweep is in
 :mod:`neurodata.models.bicluster._core`; every block draws from its exact conditional (no
-history-dependent heuristics, no Laplace approximations). Chains start from k-means
-initialisations (``init_clusters``, ``init_states``; see ``_init.py``): the kernel mixes
-slowly between partitions, so a good start matters in practice.
+history-dependent heuristics, no Laplace approximations): besides the conditional updates
+the states get a single-site update with every trajectory integrated out (which moves state
+boundaries to where the counts put them) and the neuron labels Jain-Neal split-merge
+proposals. Chains start from k-means initialisations (``init_clusters``, ``init_states``;
+see ``_init.py``): a state sequence that lumps two regimes together is hard to split by
+local moves, so a good start still matters.
 
 The "poisson" observation is the negative binomial with the dispersion fixed at
 ``Priors.poisson_dispersion = 100``, as in the reference implementation. All arithmetic is
@@ -109,8 +112,11 @@ class BiClustering(NeurodataModel):
     observation
         ``"negbin"`` (dispersion sampled per neuron) or ``"poisson"`` (NB with ``r = 100``).
     dynamics
-        ``"shared"``: each state selects one ``(A, b, Q)`` that acts on every cluster's
-        ``latent_dim + 1`` rows; ``"cluster"``: each state has separate blocks per cluster.
+        ``"cluster"`` (default): each state has separate ``(A, b, Q)`` blocks per cluster (the
+        block-diagonal part of the reference's full stacked matrices; the paper's simulation
+        rotates each cluster in its own plane, which this form represents and ``"shared"``
+        does not: state ARI 0.84 against 0.77 in a short run); ``"shared"``: each state
+        selects one ``(A, b, Q)`` that acts on every cluster's ``latent_dim + 1`` rows.
     n_chains
         Chains run in parallel with ``vmap``.
     n_samples
@@ -139,6 +145,8 @@ class BiClustering(NeurodataModel):
         Numbers of k-means clusters used to start the neuron labels and the states.
     cluster_concentration, hmm_alpha, hmm_gamma, hmm_kappa
         Prior hyperparameters (see :class:`~neurodata.models.bicluster._core.Priors`).
+    split_merge
+        Jain-Neal split-merge proposals for the neuron labels per sweep (0: none).
     progress
         Show a tqdm bar.
 
@@ -166,8 +174,9 @@ class BiClustering(NeurodataModel):
     loglik_trace_ : xarray.DataArray
         ``(chain, sweep)`` log-likelihood of every sweep, burn-in included.
     diagnostics_ : dict
-        R-hat and bulk ESS of the log-likelihood, the number of clusters and the number of
-        states.
+        R-hat (rank-normalised split R-hat) and bulk ESS of the log-likelihood, the number of
+        clusters and the number of states (R-hat 1 and ESS = all draws for a quantity that
+        is the same constant in every chain).
 
     Examples
     --------
@@ -180,14 +189,15 @@ class BiClustering(NeurodataModel):
     """
 
     def __init__(self, max_clusters: int = 6, max_states: int = 6, latent_dim: int = 2,
-                 observation: str = "negbin", dynamics: str = "shared", n_chains: int = 4,
+                 observation: str = "negbin", dynamics: str = "cluster", n_chains: int = 4,
                  n_samples: int = 250,
                  burn_in: int = 500, thin: int = 2, seed: int = 0,
                  checkpoint: str | os.PathLike | None = None, chunk_size: int = 25,
                  init_clusters: int = 3, init_states: int = 2,
                  cluster_prior: str = "dirichlet", mfm_geometric: float = 0.2,
                  cluster_concentration: float = 1.0, hmm_alpha: float = 5.0,
-                 hmm_gamma: float = 5.0, hmm_kappa: float = 10.0, progress: bool = True):
+                 hmm_gamma: float = 5.0, hmm_kappa: float = 10.0, split_merge: int = 2,
+                 progress: bool = True):
         self.max_clusters = max_clusters
         self.max_states = max_states
         self.latent_dim = latent_dim
@@ -208,6 +218,7 @@ class BiClustering(NeurodataModel):
         self.hmm_alpha = hmm_alpha
         self.hmm_gamma = hmm_gamma
         self.hmm_kappa = hmm_kappa
+        self.split_merge = split_merge
         self.progress = progress
 
     # ------------------------------------------------------------------ set-up
@@ -233,6 +244,9 @@ class BiClustering(NeurodataModel):
                                  "(0, 1).")
         if self.burn_in < 0:
             raise InputDataError(f"burn_in={self.burn_in!r}; it must be >= 0.")
+        if not isinstance(self.split_merge, int | np.integer) or self.split_merge < 0:
+            raise InputDataError(f"split_merge={self.split_merge!r}; it must be an integer "
+                                 ">= 0 (split-merge proposals per sweep; 0 turns them off).")
 
     def _priors(self) -> _core.Priors:
         return _core.Priors(cluster_concentration=float(self.cluster_concentration),
@@ -240,7 +254,8 @@ class BiClustering(NeurodataModel):
                             mfm_geometric=float(self.mfm_geometric),
                             hmm_alpha=float(self.hmm_alpha), hmm_gamma=float(self.hmm_gamma),
                             hmm_kappa=float(self.hmm_kappa),
-                            shared_dynamics=self.dynamics == "shared")
+                            shared_dynamics=self.dynamics == "shared",
+                            split_merge_moves=int(self.split_merge))
 
     def _fingerprint(self, y: np.ndarray) -> str:
         params = {k: v for k, v in self.get_params().items()
@@ -465,8 +480,14 @@ class BiClustering(NeurodataModel):
             rhat = az.rhat(sub)
             ess = az.ess(sub)
             for name in sub.data_vars:
-                out[f"rhat_{name}"] = float(rhat[name])
-                out[f"ess_{name}"] = float(ess[name])
+                values = sub[name].values
+                if np.ptp(values) == 0:
+                    # every chain holds the same value throughout: ArviZ divides 0 by 0;
+                    # the chains agree exactly, so R-hat is 1 and every draw counts
+                    out[f"rhat_{name}"], out[f"ess_{name}"] = 1.0, float(values.size)
+                else:
+                    out[f"rhat_{name}"] = float(rhat[name])
+                    out[f"ess_{name}"] = float(ess[name])
         return out
 
     def to_inference_data(self):

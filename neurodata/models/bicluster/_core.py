@@ -13,27 +13,36 @@ stacked dynamics are block-diagonal over clusters, which (unlike the reference's
 integrate the empty slots' trajectories out exactly and makes the trajectory update ``K``
 independent ``d``-dimensional Kalman runs.
 
-One sweep (each block draws from its exact conditional, so the kernel is a valid partially
-collapsed Gibbs sampler with one Metropolis-Hastings step for the dispersion):
+One sweep (each block draws from its exact conditional or is a Metropolis-Hastings step
+that leaves it invariant, so the kernel is a valid partially collapsed Gibbs sampler):
 
 1. States ``xi | X_occupied, dynamics`` by discrete FFBS (AR-HMM likelihoods of the
    occupied clusters' trajectories; the empty slots' trajectories are integrated out).
+   This block move can open and close whole state segments.
 2. Shared dynamics ``(A, b, Q) | X_occupied, xi`` from their matrix-normal
    inverse-Wishart posteriors (empty slots still integrated out: steps 1-2 are a Gibbs
-   sweep of the marginal, and step 4 redraws every trajectory from its full conditional).
-   Per-cluster blocks (``shared_dynamics=False``) are drawn after step 4 instead, each
+   sweep of the marginal, and step 5 redraws every trajectory from its full conditional).
+   Per-cluster blocks (``shared_dynamics=False``) are drawn after step 5 instead, each
    given its own slot's trajectory.
 3. ``omega ~ PG(y + r, psi - log r)`` (Pólya-Gamma augmentation of the NB likelihood).
-4. Latent trajectories ``X | omega, z, delta, c, xi, dynamics`` by Kalman FFBS, one
+4. States again, one bin at a time, with every trajectory integrated out given ``omega``
+   (Gerlach, Carter & Kohn 2000: backward information filter, forward Kalman filter; see
+   :func:`sample_states_collapsed`). Step 1 conditions on one drawn trajectory, which
+   follows the current states closely, so on its own it barely moves a misplaced state
+   boundary; this step sees the counts and moves boundaries to where they put them. It is
+   a marginal update, valid because step 5 redraws the trajectories right after it.
+5. Latent trajectories ``X | omega, z, delta, c, xi, dynamics`` by Kalman FFBS, one
    cluster at a time (vmapped; information-form observation potentials).
-5. Sticky HDP-HMM weights ``beta`` and transition rows by the CRT auxiliary-table scheme
+6. Sticky HDP-HMM weights ``beta`` and transition rows by the CRT auxiliary-table scheme
    with the sticky override (Fox et al. 2011).
-6. Mixture weights ``pi | z`` (under the MFM prior, the number of components first, from
-   ``p(k | partition)``), then each neuron's ``(z_i, delta_i, c_i) | omega, X, pi``
-   jointly: ``(delta_i, c_i)`` are integrated out analytically (the PG-augmented likelihood
-   is Gaussian in them), ``z_i`` is drawn from its exact collapsed conditional, then
-   ``(delta_i, c_i) | z_i`` from their Gaussian posterior.
-7. (``negbin`` only) ``omega`` is discarded and each ``r_i`` is updated by CRT augmentation:
+7. Neuron labels: ``split_merge_moves`` Jain-Neal split-merge proposals with the weights
+   and every ``(delta_i, c_i)`` integrated out (MH), then the mixture weights ``pi | z``
+   (under the MFM prior, the number of components first, from ``p(k | partition)``), then
+   each neuron's ``(z_i, delta_i, c_i) | omega, X, pi`` jointly: ``(delta_i, c_i)`` are
+   integrated out analytically (the PG-augmented likelihood is Gaussian in them), ``z_i``
+   is drawn from its exact collapsed conditional, then ``(delta_i, c_i) | z_i`` from their
+   Gaussian posterior.
+8. (``negbin`` only) ``omega`` is discarded and each ``r_i`` is updated by CRT augmentation:
    holding the NB logit ``psi - log r`` fixed, ``r_i`` has a gamma conditional up to the
    ``N(0, 1)`` prior of ``delta_i`` (which moves with ``log r_i``); that gamma is an
    independence proposal accepted with the ratio of the ``delta`` prior densities.
@@ -60,6 +69,7 @@ from neurodata.models._jax.kalman import (
     condition,
     ffbs,
     log_expected_potential,
+    mm,
 )
 from neurodata.models._jax.linalg import chol_logdet, psd_cholesky, symmetrize
 from neurodata.models._jax.polyagamma import sample_gamma, sample_pg
@@ -95,6 +105,10 @@ class Priors(NamedTuple):
     shared_dynamics: bool = True
     """One ``(A_s, b_s, Q_s)`` per state acting on every cluster's ``d`` latent rows; if
     false, each cluster has its own blocks per state (clusters still share the switching)."""
+    split_merge_moves: int = 2
+    """Split-merge proposals for the neuron labels per sweep (kernel setting, not a prior)."""
+    split_merge_scans: int = 3
+    """Intermediate restricted Gibbs scans that build a split-merge launch state."""
 
 
 class ChainState(NamedTuple):
@@ -214,8 +228,8 @@ def sample_states_collapsed(key, states, A, b, Q, trans, J, h, occupied) -> jnp.
     def step(carry, inputs):
         m, P, s_prev = carry
         t, Om, om, J1, h1, s_next, k = inputs
-        mu = jnp.einsum("skde,ke->skd", A, m) + b
-        cov = jnp.einsum("skde,kef,skgf->skdg", A, P, A) + Q
+        mu = mm(A, m[None]) + b
+        cov = mm(mm(A, P[None]), jnp.swapaxes(A, -1, -2)) + Q
         ll = jnp.sum(jnp.where(keep[None], expected(mu, cov, Om, om), 0.0), axis=1)
         logits = ll + log_trans[:, s_next] + jnp.where(t > 0, log_trans[s_prev], 0.0)
         s = jax.random.categorical(k, logits)
@@ -415,15 +429,123 @@ def sample_weights(key, z, n_slots: int, priors: Priors):
     return _dirichlet(k_w, priors.cluster_concentration / n_slots + counts)
 
 
+def log_partition_prior(counts, priors: Priors) -> jnp.ndarray:
+    """``log p(z)`` of labels with slot sizes ``counts`` ``(K,)``, weights integrated out.
+
+    Sparse finite mixture: the Dirichlet-multinomial ``sum_k log Gamma(n_k + gamma / K) -
+    log Gamma(gamma / K)`` (constants in ``N`` dropped). MFM: the partition prior of Miller &
+    Harrison, ``V_N(t) prod_c Gamma(n_c + g) / Gamma(g)``, spread evenly over the ``K! / (K -
+    t)!`` ways to place its ``t`` blocks in the slots (the slots are exchangeable).
+    """
+    K = counts.shape[0]
+    occupied = counts > 0
+    if priors.cluster_prior == "mfm":
+        g = priors.cluster_concentration
+        t = jnp.sum(occupied)
+        log_v = jax.scipy.special.logsumexp(
+            mfm_log_components(t, jnp.sum(counts), K, priors))
+        return (log_v + jnp.sum(jnp.where(occupied, gammaln(counts + g) - gammaln(g), 0.0))
+                + gammaln(K - t + 1.0))
+    a = priors.cluster_concentration / K
+    return jnp.sum(gammaln(counts + a) - gammaln(a))
+
+
+def _split_merge_move(key, z, loglik, priors: Priors):
+    """One Jain & Neal (2004) split-merge proposal for the labels, accepted by MH.
+
+    The target is ``p(z | X, omega, ...)`` with the weights and every ``(delta_i, c_i)``
+    integrated out: ``log p(z) + sum_i loglik[i, z_i]`` (:func:`log_partition_prior`;
+    ``loglik`` from :func:`cluster_log_marginals` with zero log-weights). Neurons ``i != j``
+    are drawn uniformly. If they share a slot, a split moves ``i`` to an empty slot chosen
+    uniformly and allocates the other members by one restricted Gibbs scan from the launch
+    state; otherwise the two clusters merge into ``j``'s slot, and the reverse split's
+    probability of recreating ``z`` enters the ratio. The launch state (uniform random
+    allocation then ``priors.split_merge_scans`` restricted scans) does not depend on the
+    current allocation, as Jain & Neal require. Given the trajectories the neurons'
+    marginals are independent, so a scan costs ``O(N^2)`` additions.
+    """
+    N, K = loglik.shape
+    k_i, k_j, k_slot, k_launch, k_scans, k_final, k_acc = jax.random.split(key, 7)
+    i = jax.random.randint(k_i, (), 0, N)
+    j = (i + jax.random.randint(k_j, (), 1, N)) % N
+    counts = jnp.zeros(K).at[z].add(1.0)
+    empty = counts == 0
+    n_empty = jnp.sum(empty)
+    same = z[i] == z[j]
+    a = (priors.cluster_concentration if priors.cluster_prior == "mfm"
+         else priors.cluster_concentration / K)
+    slot = jax.random.categorical(k_slot, jnp.where(empty, 0.0, -jnp.inf))
+    ci = jnp.where(same, slot, z[i]).astype(z.dtype)
+    cj = z[j]
+    idx = jnp.arange(N)
+    movable = ((z == z[i]) | (z == z[j])) & (idx != i) & (idx != j)
+
+    def scan_once(key, labels, target):
+        """Restricted Gibbs scan over ``movable``: new labels and log q of the outcome.
+
+        With ``target`` given, the scan is forced to produce it (reverse probability).
+        """
+        def step(carry, inputs):
+            labels, logq = carry
+            n, u = inputs
+            others = labels.at[n].set(-1)
+            lp_i = jnp.log(jnp.sum(others == ci) + a) + loglik[n, ci]
+            lp_j = jnp.log(jnp.sum(others == cj) + a) + loglik[n, cj]
+            norm = jnp.logaddexp(lp_i, lp_j)
+            to_i = jnp.log(u) < lp_i - norm if target is None else target[n] == ci
+            lq = jnp.where(to_i, lp_i, lp_j) - norm
+            labels = labels.at[n].set(jnp.where(movable[n], jnp.where(to_i, ci, cj), labels[n]))
+            return (labels, logq + jnp.where(movable[n], lq, 0.0)), None
+
+        (labels, logq), _ = lax.scan(step, (labels, 0.0),
+                                     (idx, jax.random.uniform(key, (N,))))
+        return labels, logq
+
+    launch = jnp.where(jax.random.bernoulli(k_launch, 0.5, (N,)), ci, cj)
+    launch = jnp.where(movable, launch, z).at[i].set(ci).at[j].set(cj)
+    for k in jax.random.split(k_scans, priors.split_merge_scans):
+        launch, _ = scan_once(k, launch, None)
+    split, logq_split = scan_once(k_final, launch, None)
+    _, logq_back = scan_once(k_final, launch, z)  # the split that would recreate z
+    merged = jnp.where(movable | (idx == i), cj, z)
+    proposal = jnp.where(same, split, merged)
+
+    def log_target(labels):
+        return (log_partition_prior(jnp.zeros(K).at[labels].add(1.0), priors)
+                + jnp.sum(loglik[idx, labels]))
+
+    # q(split) = q(slot) q(allocation); q(merge) = 1
+    log_ratio = log_target(proposal) - log_target(z) + jnp.where(
+        same, jnp.log(jnp.maximum(n_empty, 1.0)) - logq_split,
+        -jnp.log(n_empty + 1.0) + logq_back)
+    accept = (jnp.log(jax.random.uniform(k_acc)) < log_ratio) & ~(same & (n_empty == 0))
+    return jnp.where(accept, proposal, z).astype(z.dtype)
+
+
+def split_merge(key, z, loglik, priors: Priors):
+    """``priors.split_merge_moves`` successive split-merge proposals (see above)."""
+    def move(z, k):
+        return _split_merge_move(k, z, loglik, priors), None
+
+    return lax.scan(move, z, jax.random.split(key, priors.split_merge_moves))[0]
+
+
 def sample_clusters(key, state: ChainState, latents, omega, kappa, priors: Priors):
-    """Draw the mixture weights, then ``(z_i, delta_i, c_i)`` jointly for every neuron."""
+    """Split-merge moves, the mixture weights, then ``(z_i, delta_i, c_i)`` for every neuron.
+
+    The split-merge moves target the labels with the weights integrated out; the weights
+    are then drawn given the new labels (a partially collapsed Gibbs step).
+    """
     K = latents.shape[1]
-    k_w, k_z, k_beta = jax.random.split(key, 3)
-    weights = sample_weights(k_w, state.z, K, priors)
+    k_sm, k_w, k_z, k_beta = jax.random.split(key, 4)
+    loglik, mean, chol = cluster_log_marginals(latents, omega, kappa, jnp.log(state.dispersion),
+                                               jnp.zeros(K))
+    z = state.z
+    if priors.split_merge_moves > 0 and z.shape[0] > 1:
+        z = split_merge(k_sm, z, loglik, priors)
+    weights = sample_weights(k_w, z, K, priors)
     log_w = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
-    logp, mean, chol = cluster_log_marginals(latents, omega, kappa, jnp.log(state.dispersion),
-                                             log_w)
-    z = jax.random.categorical(k_z, logp, axis=1).astype(jnp.int32)
+    z = jax.random.categorical(k_z, loglik + log_w[None, :], axis=1).astype(jnp.int32)
     idx = jnp.arange(z.shape[0])
     m, L = mean[idx, z], chol[idx, z]
     eps = jax.random.normal(k_beta, m.shape)
