@@ -13,13 +13,29 @@ recorded in an animal (10% per animal): neurodata's exact masked HALS against
 tensortools' masked ``ncp_hals`` (mean fill, then a full reconstruction after every mode
 update). Device-agnostic: neurodata runs on JAX's default device (CPU or GPU).
 
-``python -m benchmarks.ntf [--quick]``.
+Streaming (``--streaming``, also run by default after the peer tables): the NTF of a
+200-neuron recording's affinity tensor (19,900 pairs x 2000 windows, rank 10, float32,
+159 MB) fitted in memory, streamed over chunks of 200 windows of the same tensor held in
+host memory, and streamed over the lazy tensor, whose windows are recomputed from the
+activity in every pass (``affinity_tensor(..., lazy=True)``). Each variant runs in a fresh
+subprocess, which reports its peak resident memory above its baseline (imports and the
+recording) and its time per iteration as ``(t(3 iterations) - t(1 iteration)) / 2``
+after compiling fits, so the one-off validation pass and the normalisation do not count.
+
+``python -m benchmarks.ntf [--quick] [--streaming]``. ``python -m benchmarks.ntf --gpu``
+(JAX, numpy, xarray only: no peers, no dask, no shared data; ``benchmarks/results/
+ntf_gpu.md``): in memory vs streamed from host memory at 200 neurons x 2000 windows and
+500 neurons x 4000 windows (124,750 pairs, 2 GB), on JAX's default device.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -93,11 +109,117 @@ def _iters_to(errors, target):
     return int(hit[0]) + 1 if hit.size else None
 
 
+def _vm_mb(key: str) -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split(key + ":")[1].split()[0]) / 1024
+
+
+def _stream_worker(spec: dict) -> dict:
+    """One streaming variant in this (fresh) process: time per iteration and peak memory."""
+    from neurodata.models.ntf import NTF, affinity_tensor
+
+    n_neuron, n_window, source = spec["n_neuron"], spec["n_window"], spec["source"]
+    rng = np.random.default_rng(0)
+    n_time = n_window * 10 + 11  # 2 s windows (20 frames at 10 Hz), 1 s apart
+    groups = rng.normal(size=(n_time, 8)).cumsum(0)[:, rng.integers(0, 8, n_neuron)]
+    act = (groups + rng.normal(size=(n_time, n_neuron))).astype(np.float32)
+    ds = neurodata.from_arrays(act, 10.0, signal="dff")
+    base = _vm_mb("VmRSS")
+    tensor = affinity_tensor(ds, window=2.0, step=1.0, lazy=source == "lazy",
+                             batch_windows=spec["chunk"] if source == "lazy" else None)
+    assert tensor.sizes["window"] == n_window, tensor.sizes
+    stream = {"memory": dict(stream=False)}.get(source, dict(stream=True,
+                                                            chunk_size=spec["chunk"]))
+
+    def fit(n_iter):
+        model = NTF(rank=spec["rank"], n_init=1, max_iter=n_iter, tol=0.0, seed=0, **stream)
+        start = time.perf_counter()
+        model.fit(tensor)
+        return time.perf_counter() - start, model
+
+    first, _ = fit(1)  # compiles
+    peak = _vm_mb("VmHWM") - base
+    fit(3)  # compiles what depends on the iteration cap
+    one, _ = fit(1)
+    three, model = fit(3)
+    return {"source": source, "per_iter": (three - one) / 2, "first": first, "one": one,
+            "peak_mb": peak, "tensor_mb": tensor.size * 4 / 2**20, "error": model.error_,
+            "chunk": model.stream_chunk_}
+
+
+def _run_worker(spec: dict, timeout: float = 1800) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.ntf", "--worker", json.dumps(spec)],
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def streaming(sizes, sources, chunk: int, rank: int, title: str) -> str:
+    """Streaming vs in-memory NTF rows (one subprocess per variant)."""
+    from neurodata.models.ntf import plan_stream
+
+    names = {"memory": "in memory", "array": "streamed, tensor in host memory",
+             "lazy": "streamed, windows recomputed per pass (lazy)"}
+    lines = [
+        f"## {title}",
+        "",
+        f"Machine: {machine()}",
+        "",
+        f"NTF of the affinity tensor of a recording (2 s windows, 1 s apart, rank {rank}, one "
+        "initialisation, float32); chunks of "
+        f"{chunk} windows. Time per iteration = (t(3 iterations) - t(1)) / 2 after "
+        "compiling fits; first fit = compile and one iteration; peak memory = peak "
+        "resident set above the process's baseline (imports and the recording), each "
+        "variant in a fresh process. Planned chunk: what `plan_stream` picks from this "
+        "machine's free memory.",
+        "",
+        "| neurons | pairs x windows | tensor (MB) | variant | s / iteration | vs in memory "
+        "| first fit (s) | peak memory (MB) | planned chunk |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n_neuron, n_window in sizes:
+        n_pair = n_neuron * (n_neuron - 1) // 2
+        planned = plan_stream((n_pair, n_window, 1), 4, axis=1)
+        ref = None
+        for source in sources:
+            rec = _run_worker({"n_neuron": n_neuron, "n_window": n_window, "source": source,
+                               "chunk": chunk, "rank": rank})
+            ref = rec["per_iter"] if source == "memory" else ref
+            ratio = "" if ref is None or source == "memory" else f"{rec['per_iter'] / ref:.1f}x"
+            lines.append(
+                f"| {n_neuron} | {n_pair} x {n_window} | {rec['tensor_mb']:.0f} | "
+                f"{names[source]} | {rec['per_iter']:.3f} | {ratio} | {rec['first']:.1f} | "
+                f"{rec['peak_mb']:.0f} | {planned} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
     parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--streaming", action="store_true", help="only the streaming rows")
+    parser.add_argument("--gpu", action="store_true",
+                        help="JAX-only streaming rows at GPU sizes (results/ntf_gpu.md)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        rec = _stream_worker(json.loads(args.worker))
+        print(json.dumps(rec))
+        return json.dumps(rec)
+    if args.gpu:
+        sizes = [(60, 300)] if args.quick else [(200, 2000), (500, 4000)]
+        md = streaming(sizes, ["memory", "array"], 100 if args.quick else 500, 10,
+                       "NTF streaming on the accelerator")
+        write_result("ntf_gpu", md)
+        return md
+    stream_sizes = [(60, 300)] if args.quick else [(200, 2000)]
+    stream_md = streaming(stream_sizes, ["memory", "array", "lazy"], 100 if args.quick else 200,
+                          10, "NTF streaming over the affinity tensor")
+    if args.streaming:
+        write_result("ntf_streaming", stream_md)
+        return stream_md
     if args.quick:
         n_neuron, n_window, n_animal, rank, n_iter = 30, 100, 5, 5, 20
     else:
@@ -168,7 +290,7 @@ def main(argv=None) -> str:
         "(tensortools' masked error is measured on its imputed tensor, normalised by the "
         "mean-filled data norm, so the two error columns differ in normalisation).",
     ]
-    md = "\n".join(lines)
+    md = "\n".join(lines) + "\n\n" + stream_md
     write_result("ntf", md)
     return md
 

@@ -26,6 +26,15 @@ than ``tol``; an ensemble of random initialisations runs at once under ``vmap`` 
 replicate stops on its own; vmapped ``while_loop`` freezes the finished ones). Default
 dtype float32 (fast on CPU and GPU; the relative error is then accurate to about 1e-5, the
 default ``tol``); pass ``dtype="float64"`` for tight tolerances.
+
+Streaming. The solver touches the tensor only through the MTTKRP of each mode, the Grams
+of a mask and the squared norm, all sums over the entries. :func:`fit_cp_stream` runs the
+same iteration (:func:`_sweep`, :func:`_update`, :func:`_rel_error` and the stopping rule
+are shared with :func:`fit_cp`) with those sums accumulated over chunks of one mode
+(:class:`TensorStream`, e.g. windows), so only one chunk of the tensor is in memory: a
+slice of an array on disk (zarr) or of a lazy :func:`affinity_tensor` whose windows are
+recomputed from the traces when read. The chunk length is planned from the free memory
+(:func:`plan_stream`). :class:`NTF` streams when the tensor does not fit (``stream``).
 """
 
 from __future__ import annotations
@@ -352,26 +361,31 @@ class TensorStream:
         if hasattr(part, "dask"):
             # one chunk at a time, on this thread (no pool holding several chunks)
             part = part.compute(scheduler="synchronous")
-        x = np.asarray(part, dtype=self.dtype)
+        x = np.asarray(part)
         mask = self.static
         for m in self.chunked:
             m = _slice(m, self.axis, start, stop)
             mask = m if mask is None else mask & m
-        if mask is not None:
-            x = np.where(mask, x, np.zeros((), self.dtype))
-        pad = self.chunk - x.shape[self.axis]
-        if pad:
-            width = [(0, 0)] * x.ndim
-            width[self.axis] = (0, pad)
-            x = np.pad(x, width)
-            if self.chunked:
-                mask = np.pad(mask, width)
-        return x, mask
+        shape = list(x.shape)
+        shape[self.axis] = self.chunk
+        # 64-byte aligned: on CPU, jax.device_put then aliases the buffer instead of copying
+        size = int(np.prod(shape)) * self.dtype.itemsize
+        raw = np.zeros(size + 64, np.uint8)
+        out = raw[(-raw.ctypes.data) % 64:][:size].view(self.dtype).reshape(shape)
+        np.copyto(_slice(out, self.axis, 0, stop - start), x, casting="unsafe",
+                  where=True if mask is None else np.broadcast_to(mask, x.shape))
+        if self.chunked and stop - start < self.chunk:
+            width = [(0, 0)] * out.ndim
+            width[self.axis] = (0, self.chunk - (stop - start))
+            mask = np.pad(mask, width)
+        return out, mask
 
     def device_chunk(self, c: int):
         """Chunk ``c`` on the device, and its mask when the mask varies along ``axis``."""
         x, mask = self.host_chunk(c)
-        return jnp.asarray(x), (jnp.asarray(mask, self.dtype) if self.chunked else None)
+        # device_put, not jnp.asarray: a transfer (none on CPU), not an eager copy op
+        return jax.device_put(x), (jax.device_put(mask.astype(self.dtype)) if self.chunked
+                                   else None)
 
     def scan(self) -> tuple[float, list[np.ndarray]]:
         """One pass: validate the observed entries; their squared norm and observed rows.
@@ -412,6 +426,18 @@ class TensorStream:
         return norm_sq, seen
 
 
+def _mttkrp_replicates(y, factors, mode: int) -> jnp.ndarray:
+    """:func:`_mttkrp` of every replicate ``(B, I_n, R)`` at once: ``(B, I_mode, R)``.
+
+    Column ``r`` of an MTTKRP involves only column ``r`` of each factor, so the replicates
+    fold into the rank columns and one contraction serves them all (a vmapped contraction
+    of an unbatched chunk hits a 50x slower XLA CPU dot for some modes).
+    """
+    n_rep, _, rank = factors[0].shape
+    flat = [jnp.moveaxis(f, 0, 1).reshape(f.shape[1], n_rep * rank) for f in factors]
+    return jnp.moveaxis(_mttkrp(y, flat, mode).reshape(-1, n_rep, rank), 1, 0)
+
+
 @partial(jax.jit, static_argnames=("mode", "axis"))
 def _chunk_stats(acc, y, mask, factors, start, *, mode: int, axis: int):
     """Add one chunk's share of ``(K, G)`` of ``mode`` to ``acc``, for every replicate.
@@ -420,20 +446,18 @@ def _chunk_stats(acc, y, mask, factors, start, *, mode: int, axis: int):
     along the other modes its contraction is added. ``G`` is accumulated only when the
     mask varies along ``axis`` (``mask`` given); otherwise it does not depend on the data.
     """
-    size = y.shape[axis]
-
-    def one(acc, factors):
-        factors = list(factors)
-        factors[axis] = jax.lax.dynamic_slice_in_dim(factors[axis], start, size, axis=0)
-        part = (_mttkrp(y, factors, mode), None if mask is None else _grams(mask, factors, mode))
-        if mode == axis:
-            if part[1] is not None and part[1].ndim == 2:  # a chunk of one row
-                part = (part[0], part[1][None])
-            return jax.tree.map(
-                lambda a, p: jax.lax.dynamic_update_slice_in_dim(a, p, start, axis=0), acc, part)
-        return jax.tree.map(jnp.add, acc, part)
-
-    return jax.vmap(one)(acc, tuple(factors))
+    factors = list(factors)
+    factors[axis] = jax.lax.dynamic_slice_in_dim(factors[axis], start, y.shape[axis], axis=1)
+    grams = None
+    if mask is not None:
+        grams = jax.vmap(_grams, in_axes=(None, 0, None))(mask, tuple(factors), mode)
+        if mode == axis and grams.ndim == 3:  # a chunk of one row
+            grams = grams[:, None]
+    part = (_mttkrp_replicates(y, factors, mode), grams)
+    if mode == axis:
+        return jax.tree.map(
+            lambda a, p: jax.lax.dynamic_update_slice_in_dim(a, p, start, axis=1), acc, part)
+    return jax.tree.map(jnp.add, acc, part)
 
 
 @partial(jax.jit, static_argnames=("method", "inner_iter"))
