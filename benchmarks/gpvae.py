@@ -12,10 +12,16 @@ Reported, on the paper's simulation (shared rotation angle, neural-only GP, imag
    reach the target (shared >= 0.9, private >= 0.8); held-out reconstruction of the rates
    and images;
 3. the Fourier model's held-out R^2 on other seeds (simulation and initialisation);
-4. time per epoch against trial length (Fourier ``O(F^3)`` vs time-domain ``O(T^3)``).
+4. time per epoch against trial length (Fourier ``O(F^3)`` vs time-domain ``O(T^3)``);
+5. (``--only combine``) the shared latent combined as a product of experts vs the reference's
+   average, on several seeds;
+6. (``--only precision``) the ELBO and its gradient with reduced-precision matmuls (TF32,
+   bfloat16; emulated on the CPU, measured on a GPU).
 
-All in float32 on CPU. The markdown is rewritten after each part, so an interrupted run
-leaves the parts it finished.
+All in float32 on JAX's default device. ``python -m benchmarks.gpvae --gpu`` is the GPU run
+(parts 1, 2, 4 and 6 at the paper's size, scaling to 960 bins; it needs only the repository,
+no ``../shared/data``; results in ``benchmarks/results/gpvae_gpu.md``). The markdown is
+rewritten after each part, so an interrupted run leaves the parts it finished.
 """
 
 from __future__ import annotations
@@ -64,8 +70,9 @@ def _reconstruction(model, test, true) -> dict[str, float]:
             "images from spikes": r2(test["image"], cross["image"])}
 
 
-def _train(fourier: bool, train, test, true, epochs: int, every: int, seed: int = 0) -> dict:
-    model = _model(fourier, epochs, seed)
+def _train(fourier: bool, train, test, true, epochs: int, every: int, seed: int = 0,
+           **kw) -> dict:
+    model = _model(fourier, epochs, seed, **kw)
     stamps, curve, eval_time = [], [], [0.0]
     start = time.perf_counter()
 
@@ -86,7 +93,8 @@ def _train(fourier: bool, train, test, true, epochs: int, every: int, seed: int 
     return {"first_epoch": first, "per_epoch": per_epoch, "curve": curve, "reached": reached,
             "final": _r2(model, test, true), "reconstruction": _reconstruction(model, test, true),
             "epochs": len(stamps), "best_epoch": int(np.argmax(model.history_["validation"])) + 1,
-            "length_scales": {g: float(v[0]) for g, v in model.length_scales_.items()}}
+            "length_scales": {g: float(v[0]) for g, v in model.length_scales_.items()},
+            "model": model}
 
 
 def _epoch_time(fourier: bool, n_time: int, n_trials: int, epochs: int) -> tuple[float, float]:
@@ -122,19 +130,25 @@ def main(argv: list[str] | None = None) -> str:
     """Run the benchmark and write ``benchmarks/results/gpvae.md``."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpvae")
     parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the lead's GPU run: full-size comparison, scaling to 960 bins and "
+                        "the precision check on JAX's default device (results/gpvae_gpu.md)")
     parser.add_argument("--trials", type=int, help="override the number of trials")
     parser.add_argument("--time", type=int, help="override the bins per trial")
     parser.add_argument("--neurons", type=int, help="override the number of neurons")
     parser.add_argument("--epochs", type=int, help="override the number of epochs")
     parser.add_argument("--seeds", type=int, nargs="*", help="extra seeds for the Fourier model")
     parser.add_argument("--only", nargs="*", default=["compare", "seeds", "scaling"],
-                        choices=["compare", "seeds", "scaling"],
+                        choices=["compare", "seeds", "scaling", "combine", "precision"],
                         help="parts to run (the parts can run as separate processes)")
     parser.add_argument("--skip-time-domain", action="store_true",
                         help="leave the time-domain model out of the comparison")
     parser.add_argument("--result", default="gpvae",
                         help="name of the results file (benchmarks/results/<name>.md)")
     args = parser.parse_args(argv)
+    if args.gpu:
+        args.only = ["compare", "precision", "scaling"]
+        args.result = "gpvae_gpu" if args.result == "gpvae" else args.result
     if args.quick:
         n_trials, n_time, n_neurons, epochs, every = 60, 30, 30, 20, 10
         lengths, scale_trials, scale_epochs, seeds = (20, 60), 20, 4, [1]
@@ -142,6 +156,8 @@ def main(argv: list[str] | None = None) -> str:
         n_trials, n_time, n_neurons, epochs = (FULL[k] for k in
                                                ("trials", "time", "neurons", "epochs"))
         every, lengths, scale_trials, scale_epochs, seeds = 5, (30, 60, 120, 240), 40, 4, [1, 2]
+    if args.gpu and not args.quick:
+        lengths, scale_trials = (60, 240, 960), 100
     n_trials = args.trials or n_trials
     n_time = args.time or n_time
     n_neurons = args.neurons or n_neurons
@@ -249,7 +265,87 @@ def main(argv: list[str] | None = None) -> str:
             sections["seeds"] = rows
             print(write(), flush=True)
 
+    if "precision" in args.only:
+        models = {name: r["model"] for name, r in runs.items()}
+        for name, fourier in parts:
+            if name not in models:
+                models[name] = _train(fourier, train, test, true, epochs, epochs)["model"]
+        sections["precision"] = _precision_section(models, test)
+        print(write(), flush=True)
+
+    if "combine" in args.only:
+        sections["combine"] = _combine_section(n_trials, n_time, n_neurons, epochs, every,
+                                               [0, *seeds])
+        print(write(), flush=True)
+
     return write()
+
+
+def _precision_section(models: dict, test) -> list[str]:
+    """ELBO and gradient under reduced-precision matmuls, relative to exact float32."""
+    import jax
+
+    from neurodata.models.gpvae import round_matmul_inputs
+
+    def flat(tree):
+        return np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+
+    gpu = jax.default_backend() == "gpu"
+    rows = ["", "Float32 under reduced-precision matmuls: held-out ELBO per bin and its gradient "
+            "at the fitted parameters, relative to float32 products (`jax.default_matmul_"
+            "precision(\"highest\")`). TF32 (10 mantissa bits, NVIDIA's default for float32 "
+            "at JAX's default precision) and bfloat16 (7 bits) are emulated by rounding every "
+            "default-precision matmul's operands (`round_matmul_inputs`); "
+            + ("`GPU default` is the device's own default precision." if gpu else
+               "on the CPU `jax.default_matmul_precision` has no effect."), "",
+            "| model | matmuls | ELBO per bin | relative error | gradient relative error | "
+            "gradient cosine |", "|---|---|---|---|---|---|"]
+    key = jax.random.PRNGKey(0)
+    for name, model in models.items():
+        elbo_fn, dyn, batch = model._elbo_fn(test)
+        value_grad = jax.value_and_grad(elbo_fn)
+        with jax.default_matmul_precision("highest"):
+            exact, grad = jax.jit(value_grad)(dyn, batch, key)
+        grad = flat(grad)
+        variants = [("TF32 (emulated)", round_matmul_inputs(value_grad, 10)),
+                    ("bfloat16 (emulated)", round_matmul_inputs(value_grad, 7))]
+        if gpu:
+            variants.insert(0, ("GPU default", jax.jit(value_grad)))
+        for label, fn in variants:
+            value, g = fn(dyn, batch, key)
+            g = flat(g)
+            rows.append(
+                f"| {name} | {label} | {float(value):.4f} | "
+                f"{abs(float(value - exact) / float(exact)):.1e} | "
+                f"{np.linalg.norm(g - grad) / np.linalg.norm(grad):.1e} | "
+                f"{g @ grad / np.linalg.norm(g) / np.linalg.norm(grad):.6f} |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _combine_section(n_trials, n_time, n_neurons, epochs, every, seeds) -> list[str]:
+    """Product of experts vs the reference's average for the shared latent, several seeds."""
+    rows = ["", "Shared latent: product of Gaussian experts (`combine=\"poe\"`) vs the "
+            "reference's average of the per-modality posteriors (`combine=\"average\"`); "
+            f"Fourier model, {epochs} epochs, default settings otherwise; held-out trials:", "",
+            "| seed | combine | R2 shared | R2 neural | R2 image | R2 rates | R2 images | "
+            "R2 images from spikes | time to target |", "|---|---|---|---|---|---|---|---|---|"]
+    totals: dict[str, list[list[float]]] = {"poe": [], "average": []}
+    for seed in seeds:
+        tr, te, tt, _ = _split(n_trials, n_time, n_neurons, seed=seed)
+        for combine in ("poe", "average"):
+            r = _train(True, tr, te, tt, epochs, every, seed, combine=combine)
+            rec = r["reconstruction"]
+            values = [r["final"]["shared"], r["final"]["neural"], r["final"]["image"],
+                      rec["rates"], rec["images"], rec["images from spikes"]]
+            totals[combine].append(values)
+            rows.append(f"| {seed} | {combine} | " + " | ".join(f"{v:.3f}" for v in values)
+                        + f" | {_fmt_reached(r['reached'])} |")
+            print(rows[-1], flush=True)
+    for combine, values in totals.items():
+        rows.append(f"| mean | {combine} | " + " | ".join(
+            f"{v:.3f}" for v in np.mean(values, axis=0)) + " | |")
+    return rows
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from jax.scipy.special import gammaln
 
 from neurodata.errors import InputDataError
 from neurodata.models._base import NeurodataModel
+from neurodata.models._jax.blas import single_threaded_blas
 from neurodata.models._jax.fourier import (
     angular_frequencies,
     fourier_basis,
@@ -352,6 +353,79 @@ def trial_elbo(params, spec: Spec, grid, basis, data, targets, mask, key, keep=N
             total += jnp.mean(jax.vmap(
                 lambda pr, y=y, p=p: _gaussian_loglik(y, pr, 0.0, p["log_noise"], mask))(preds))
     return total
+
+
+# Call primitives whose body is a closed jaxpr evaluated as is (custom derivative rules are
+# not needed: the interpreted function is evaluated, not differentiated).
+_CALLS = ("jit", "pjit", "closed_call", "custom_jvp_call", "custom_vjp_call")
+
+
+def round_matmul_inputs(fn, mantissa_bits: int, jit: bool = True):
+    """``fn`` evaluated as on a GPU whose default-precision matmuls round their inputs.
+
+    NVIDIA GPUs run float32 matrix products at JAX's default precision in TF32 (inputs
+    rounded to 10 mantissa bits, float32 accumulation); ``jax.default_matmul_precision``
+    has no effect on CPU. This interpreter re-runs ``fn``'s jaxpr and rounds the operands
+    of every ``dot_general`` that uses the default precision to ``mantissa_bits`` (10: TF32,
+    7: bfloat16) before the product, leaving products that ask for ``HIGHEST`` (JAX's own
+    Cholesky derivative) and every other operation exact, so the effect of reduced-precision
+    matmuls on the ELBO and its gradients can be measured on a CPU.
+
+    Parameters
+    ----------
+    fn
+        A JAX-traceable function of arrays or pytrees.
+    mantissa_bits
+        Mantissa bits kept in the matmul operands (float32 has 23).
+    jit
+        Compile the interpreted function (otherwise it runs op by op, which for a one-off
+        evaluation can be quicker than compiling).
+
+    Returns
+    -------
+    callable
+        A function with ``fn``'s signature and outputs.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.float32([[1.0 + 2.0**-9]])
+    >>> float(round_matmul_inputs(lambda a: a @ a, 7)(x)[0, 0])
+    1.0
+    """
+    from jax.extend.core import Literal
+
+    def run(jaxpr, consts, args):
+        env = dict(zip(jaxpr.constvars, consts, strict=True))
+        env.update(zip(jaxpr.invars, args, strict=True))
+
+        def read(v):
+            return v.val if isinstance(v, Literal) else env[v]
+
+        for eqn in jaxpr.eqns:
+            ins = [read(v) for v in eqn.invars]
+            sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+            if eqn.primitive.name in _CALLS:  # inline: the rounding reaches the inner products
+                outs = run(sub.jaxpr, sub.consts, ins)
+            else:
+                precision = eqn.params.get("precision")
+                if eqn.primitive.name == "dot_general" and (
+                        precision is None or all(p in (None, jax.lax.Precision.DEFAULT)
+                                                 for p in precision)):
+                    ins = [jax.lax.reduce_precision(x, 8, mantissa_bits)
+                           if x.dtype == jnp.float32 else x for x in ins]
+                outs = eqn.primitive.bind(*ins, **eqn.params)
+                if not eqn.primitive.multiple_results:
+                    outs = [outs]
+            env.update(zip(eqn.outvars, outs, strict=True))
+        return [read(v) for v in jaxpr.outvars]
+
+    def wrapped(*args):
+        closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        leaves = run(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args))
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), leaves)
+
+    return jax.jit(wrapped) if jit else wrapped
 
 
 def decode_mean(params, spec: Spec, name: str, post: Posterior) -> jax.Array:
@@ -754,6 +828,7 @@ class MMGPVAE(NeurodataModel):
         """
         return self._fit(ds)
 
+    @single_threaded_blas  # the Cholesky gradients: see neurodata.models._jax.blas
     def _fit(self, ds: xr.Dataset, callback: Any = None) -> MMGPVAE:
         """:meth:`fit` calling ``callback(epoch, params)`` after every epoch (benchmarks).
 
@@ -1074,12 +1149,22 @@ class MMGPVAE(NeurodataModel):
 
     def score(self, ds: xr.Dataset, y: Any = None) -> float:
         """ELBO per observed time bin on ``ds`` (higher is better; one posterior sample)."""
+        elbo_fn, dyn, batch = self._elbo_fn(ds)
+        return float(elbo_fn(dyn, batch, jax.random.PRNGKey(self.random_state)))
+
+    def _elbo_fn(self, ds: xr.Dataset) -> tuple[Any, dict, _Batch]:
+        """The ELBO per bin on ``ds`` as a function of the trainable parameters.
+
+        Returns ``(elbo_fn, dyn, batch)`` with ``elbo_fn(dyn, batch, key)`` the ELBO (for
+        :meth:`score` and the gradient checks of the benchmark and tests).
+        """
         self._check_fitted()
         batch = self._arrays(ds)
         grid, basis = self._grid(batch.mask.shape[1])
         dyn, static = eqx.partition(self.params_, eqx.is_inexact_array)
-        _, elbo_fn = _make_train_fns(static, self.spec_, grid, basis, None, 1, 1, False)
-        return float(elbo_fn(dyn, batch, jax.random.PRNGKey(self.random_state)))
+        _, elbo_fn = _make_train_fns(static, self.spec_, grid, basis, None, 1, 1,
+                                     bool(self.learn_length_scale))
+        return elbo_fn, dyn, batch
 
 
 @eqx.filter_jit
