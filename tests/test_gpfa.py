@@ -54,7 +54,7 @@ def test_em_matches_elephant_with_mixed_lengths():
     params = _core.GPFAParams(jnp.asarray(init["C"]), jnp.asarray(init["d"]),
                               jnp.asarray(np.diag(init["R"])), jnp.log(init["gamma"]),
                               jnp.asarray(init["eps"]))
-    buckets = [jnp.stack([jnp.asarray(v) for v in trials if v.shape[0] == T])
+    buckets = [_core.make_bucket(jnp.stack([jnp.asarray(v) for v in trials if v.shape[0] == T]))
                for T in (12, 15, 7)]
     var_floor = 0.01 * np.var(y_all, axis=1, ddof=1)
     step = jax.jit(lambda prm: _core.em_step(prm, buckets, var_floor, _core.EMOptions()))
@@ -118,7 +118,7 @@ def test_leave_neuron_out_equals_brute_force():
     for j in range(6):
         keep = np.arange(6) != j
         sub = params._replace(C=params.C[keep], d=params.d[keep], R=params.R[keep])
-        mean = _core.posterior(sub, y[:, :, keep]).mean
+        mean = _core.posterior(sub, _core.make_bucket(y[:, :, keep])).mean
         brute = np.asarray(mean @ params.C[j] + params.d[j])
         np.testing.assert_allclose(fast[:, :, j], brute, rtol=1e-8, atol=1e-10)
 
@@ -196,7 +196,8 @@ def test_timescale_objective_and_gradient_match_elephant():
         Q = np.concatenate([np.asarray(b) for b in _core.rotate(jnp.eye(T))])
         full = Q @ P @ Q.T
         h = (T + 1) // 2
-        stats.append((T, n, jnp.asarray(full[:h, :h]), jnp.asarray(full[h:, h:])))
+        stats.append((T, n, _core.stack_halves(jnp.asarray(full[:h, :h]),
+                                               jnp.asarray(full[h:, h:]), pad=0.0)))
         for i in range(n):
             precomp_seqs.append((T, mu[i:i + 1], cov[:, :, None]))
     seqs = np.empty(len(precomp_seqs), dtype=[("T", int), ("latent_variable", "O"),
@@ -217,7 +218,7 @@ def test_batched_e_step_equals_full_batch():
     ds, _ = simulate(n_trials=7, n_time=9, n_neurons=8, n_latents=2, seed=6)
     full = GPFA(n_latents=2, max_iter=2, progress=False).fit(ds)
     params = full._params()
-    y = jnp.asarray(ds["activity"].values)
+    y = _core.make_bucket(jnp.asarray(ds["activity"].values))
     post = jax.jit(_core.posterior, static_argnums=2)
     ref = post(params, y, None)
     for size in (1, 3):  # the E-step inside EM (lax.map over batches of trials)
@@ -248,7 +249,7 @@ def test_gp_noise_and_timescale_derivatives_match_autodiff():
         for size in ((T + 1) // 2, T // 2):
             a = rng.normal(size=(size, 2 * size))
             mats.append(jnp.asarray(a @ a.T / size + n * np.eye(size)))
-        stats.append((T, n, mats[0], mats[1]))
+        stats.append((T, n, _core.stack_halves(*mats, pad=0.0)))
 
     @jax.jit
     def objective(lg, z):

@@ -32,8 +32,9 @@ class _Trials:
         self.lengths = lengths
         self.groups = {int(T): np.flatnonzero(lengths == T) for T in np.unique(lengths)}
 
-    def buckets(self) -> list[jnp.ndarray]:
-        return [jnp.asarray(self.values[idx, :T]) for T, idx in self.groups.items()]
+    def buckets(self) -> list[core.Bucket]:
+        return [core.make_bucket(jnp.asarray(self.values[idx, :T]))
+                for T, idx in self.groups.items()]
 
     def pooled(self) -> np.ndarray:
         return np.concatenate([self.values[i, :T] for i, T in enumerate(self.lengths)])
@@ -91,7 +92,7 @@ def _step_fn(options: core.EMOptions):
 
 @jax.jit
 def _summary(params: core.GPFAParams, y: jnp.ndarray):
-    post = core.posterior(params, y)
+    post = core.posterior(params, core.make_bucket(y))
     return post.mean, post.var, post.loglik
 
 
