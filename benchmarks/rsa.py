@@ -2,6 +2,10 @@
 
 Run ``.venv/bin/python -m benchmarks.rsa`` (``--quick`` for small sizes). Float64 on both
 sides; neurodata's compile time is reported separately from its run time.
+
+``python -m benchmarks.rsa --gpu`` times neurodata alone on JAX's default device (the GPU
+where there is one) at the same sizes, on simulated RDMs and patterns: it needs neither
+rsatoolbox nor the shared data, and writes ``benchmarks/results/rsa_gpu.md``.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def _crossnobis_row(ds, x, noise, label, n_voxel, noise_ref=None):
             t_ref, t_ours, t_first - t_ours)
 
 
-def _rsatoolbox_cv_bootstrap(models, brain, n):
+def _rsatoolbox_cv_bootstrap(models, brain, n, method="corr"):
     import contextlib
     import io
 
@@ -73,14 +77,90 @@ def _rsatoolbox_cv_bootstrap(models, brain, n):
           for name, v in zip(models["rdm_name"].values, vec(models), strict=True)]
     data = rsatoolbox.rdm.RDMs(vec(brain), rdm_descriptors={"subject": brain["subject"].values})
     with contextlib.redirect_stderr(io.StringIO()):
-        return eval_dual_bootstrap(ms, data, method="corr", N=n, k_pattern=2, k_rdm=2,
+        return eval_dual_bootstrap(ms, data, method=method, N=n, k_pattern=2, k_rdm=2,
                                    n_cv=2, rdm_descriptor="subject")
+
+
+def _simulated_rdms(rng: np.random.Generator, n_stim: int = 92):
+    """8 data RDMs (4 subjects x 2 sessions) and 8 model RDMs (2 categorical, with ties)."""
+    from neurodata.models.rsa import rdm_dataset
+
+    def corr_dist(x):
+        return 1.0 - np.corrcoef(x)
+
+    truth = rng.normal(size=(n_stim, 60))
+    subject = [truth + rng.normal(size=truth.shape) for _ in range(4)]
+    data = [corr_dist(u + rng.normal(size=u.shape)) for u in subject for _ in range(2)]
+    models = [corr_dist(truth @ rng.normal(size=(60, 60)) + 2.0 * rng.normal(size=truth.shape))
+              for _ in range(6)]
+    for k in (2, 5):  # category models: many tied dissimilarities
+        labels = rng.integers(0, k, n_stim)
+        models.append((labels[:, None] != labels[None]).astype(float))
+    data_ds = rdm_dataset(np.array(data), rdm_coords={"subject": np.repeat(np.arange(4), 2)})
+    return data_ds, rdm_dataset(np.array(models))
+
+
+def gpu_main(quick: bool = False) -> str:
+    """neurodata alone on the default device (simulated data of the CPU benchmark's sizes)."""
+    n_boot = 100 if quick else 1000
+    n_voxel = 500 if quick else 5000
+    rng = np.random.default_rng(0)
+    brain, models = _simulated_rdms(rng)
+    subjects = brain["subject"].values
+    rows = []
+
+    def timed(label, fn, repeats=3):
+        t_first = time_first_call(fn)
+        t_run = time_call(fn, repeats=repeats, warmup=0)
+        rows.append((label, t_run, max(t_first - t_run, 0.0)))
+
+    for method in ("corr", "spearman"):
+        for cv in ({}, {"k_pattern": 2, "k_rdm": 2, "n_cv": 2}):
+            label = (f"dual bootstrap{' + CV correction (k = 2, 2, n_cv = 2)' if cv else ''}, "
+                     f"{method}, N = {n_boot}, 8 RDMs x 8 models, 92 stimuli")
+            timed(label, lambda m=method, kw=cv: rsa.dual_bootstrap(
+                models, brain, key=jax.random.key(0), subjects=subjects, method=m,
+                n_bootstrap=n_boot, **kw)["mean"].values, repeats=1)
+    x = rng.normal(size=(8, 92, n_voxel))
+    residuals = rng.normal(size=(400, n_voxel))
+    timed(f"shrinkage_diag precision from 400 x {n_voxel} residuals (Woodbury form)",
+          lambda: rsa.precision_from_residuals(residuals, low_rank=True))
+    low = rsa.precision_from_residuals(residuals, low_rank=True)
+    dense = rsa.precision_from_residuals(residuals)
+    for label, prec in (("identity", None), ("Woodbury", low), ("dense", dense)):
+        timed(f"crossnobis RDM, 92 cond x 8 runs x {n_voxel} channels, {label} precision",
+              lambda pr=prec: rsa.calc_rdm(x, "crossnobis", precision=pr)[
+                  "dissimilarity"].values)
+    for method in rsa.COMPARATORS:
+        timed(f"compare {method}, 8 x 8 RDMs, 92 stimuli",
+              lambda m=method: rsa.compare(brain, models, m).values)
+    lines = [
+        "## RSA on the default device (neurodata alone)",
+        "",
+        f"Machine: {machine()}. Float64. Simulated RDMs and patterns of the CPU benchmark's "
+        "sizes (`python -m benchmarks.rsa --gpu`); run times are medians after compilation, "
+        "compile time separate.",
+        "",
+        "| operation | run (s) | compile (s) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {t:.4g} | {c:.3g} |" for name, t, c in rows]
+    if quick:
+        lines += ["", "(--quick: reduced sizes.)"]
+    md = "\n".join(lines)
+    write_result("rsa_gpu", md)
+    print(md)
+    return md
 
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--gpu", action="store_true",
+                        help="neurodata alone on the default device, simulated data")
     args = parser.parse_args(argv)
+    if args.gpu:
+        return gpu_main(args.quick)
     n_boot = 100 if args.quick else 1000
     n_voxel = 500 if args.quick else 5000
     rows = []
@@ -120,6 +200,20 @@ def main(argv=None) -> str:
                  f"N = {n_boot} (rsatoolbox: {n_cv_ref} samples, time x {n_boot // n_cv_ref})",
                  t_ref, t_ours, t_first - t_ours))
     agree_cv = np.abs(run_cv(2)["mean"].values - ref_cv.get_means()).max()
+
+    # the same with a rank comparator (resampled RDMs ranked from integer rank keys); both
+    # sides run the same (small) number of samples
+    n_rank = 10 if args.quick else 50
+    start = time.perf_counter()
+    _rsatoolbox_cv_bootstrap(models, brain, n_rank, method="spearman")
+    t_ref = time.perf_counter() - start
+    run_rank = lambda seed: rsa.dual_bootstrap(  # noqa: E731
+        models, brain, key=jax.random.key(seed), subjects=subjects, n_bootstrap=n_rank,
+        method="spearman", k_pattern=2, k_rdm=2, n_cv=2)
+    t_first = time_first_call(lambda: run_rank(0)["mean"].values)
+    t_ours = time_call(lambda: run_rank(1)["mean"].values, repeats=1)
+    rows.append((f"dual bootstrap + CV correction (k_pattern = k_rdm = n_cv = 2), spearman, "
+                 f"N = {n_rank} on both sides", t_ref, t_ours, t_first - t_ours))
 
     # crossnobis ---------------------------------------------------------------------
     import rsatoolbox

@@ -6,6 +6,13 @@ correlation, WUC),
 ``bures`` (normalised Bures similarity, NBS) and ``bures_metric``. The vector comparators
 take a pair mask so that the bootstrap can drop pairs of duplicated stimuli with a fixed
 array shape (no NaN filtering). Everything is float64.
+
+Ranks come from one sort of integer keys with the floats' order per RDM and binary searches
+(XLA sorts one integer operand several times faster than floats or argsorts). Kendall's
+tau-a and tau-b count discordant pairs exactly in O(p^1.5) per RDM pair, not O(p^2): every
+RDM is ranked once, each pair sorts integer keys (at most once where one side has no ties,
+not at all where neither has) and counts the inversions of a permutation by square-root
+decomposition (fused block comparisons plus a block x bucket histogram).
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ twice are removed with a mask, so every bootstrap sample has the same array shap
 ``corr`` and ``cosine`` comparators every sum over resampled pairs is a quadratic form of
 the stimulus counts, so all samples are evaluated with one matrix product and no resampled
 RDM is ever materialised; the rank comparators gather the resampled RDMs (vmapped, in
-batches). Both paths agree to 1e-10 on the same draws (tested).
+batches) as integer rank keys of the original RDMs, so that a histogram ranks them without
+a sort (only the pooled noise-ceiling RDMs are sorted), and the stimuli-only and joint kinds
+share one ranking per sample. Both paths agree to 1e-10 on the same draws, and the rank path
+equals scipy's ranking of the gathered vectors (tested).
 
 With ``k_pattern``/``k_rdm`` > 1 every sample is cross-validated inside (random stimulus and
 subject folds, ``n_cv`` assignments per sample) and the variance of the random folds is
