@@ -200,6 +200,11 @@ def test_recovers_planted_latents_on_held_out_trials(sim, fitted):
     assert r2["shared"] >= 0.9
     assert r2["neural"] >= 0.8
     assert r2["image"] >= 0.8
+    # One length scale learned per latent (initialised at the true 0.5 s, floor 0.25 s).
+    ell = np.concatenate(list(fitted.length_scales_.values()))
+    print("learned length scales (s):", ell.round(3))
+    assert len(ell) == 3 and np.ptp(ell) > 1e-3
+    assert ((ell > 0.3) & (ell < 0.8)).all()
     rates = fitted.reconstruct(test)["activity"]
     assert rates.dims == ("trial", "time", "neuron")
     r2_rates = 1 - float(((rates - true["rate"]) ** 2).sum()
