@@ -16,42 +16,54 @@ from neurodata.models.gpfa import GPFA
 
 @pytest.mark.slow
 def test_gpfa_latents_decode_velocity_better_than_fa(mirror):
-    """Held-out velocity R2 (100 ms lag) from 5 GPFA latents beats FA latents and matches
-    PCA of Gaussian-smoothed counts (the tutorial's protocol at reduced size: GPFA fitted
-    on all trials' activity, reductions and decoders on the training trials).
+    """Held-out velocity R2 from 5 GPFA latents beats FA latents and matches PCA of
+    Gaussian-smoothed counts (the tutorial's fair protocol at reduced size: every reduction
+    fitted on the training trials only, the smoothing width chosen on an inner split of the
+    training trials, the same decoder reading bins t-3..t of every method's features).
 
-    At full size GPFA does not beat a smoothing baseline whose width is tuned (see
-    tutorials/02_gpfa.md), so only parity with it is asserted.
+    Measured: GPFA 0.463, FA 0.395, smoothed PCA 0.475 (width 3 bins chosen). At full size
+    GPFA does not beat the smoothing baseline either (see tutorials/02_gpfa.md), so only
+    parity with it is asserted.
     """
     ds = neurodata.datasets.load("stevenson2011-m1")
     trials = neurodata.preprocess.cut_windows(ds, 1.0).isel(trial=slice(0, 180))
     alive = trials["activity"].values.reshape(-1, trials.sizes["neuron"]).var(axis=0) > 0
     trials = trials.isel(neuron=np.flatnonzero(alive))
-    train, test = np.arange(180) < 120, np.arange(180) >= 120
-    p, lag = 5, 2
+    train, test = np.arange(120), np.arange(120, 180)
+    p, n_lags = 5, 4
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = GPFA(n_latents=p, max_iter=25, progress=False).fit(trials)
+        model = GPFA(n_latents=p, max_iter=25, progress=False).fit(trials.isel(trial=train))
     sq = np.sqrt(trials["activity"].values.astype(float))
     vel = trials["behavior"].sel(behavior_channel=["vel_x", "vel_y"]).values
     n, T, q = sq.shape
 
-    def r2(feats):
-        f_train, f_test = feats
-        dec = Ridge(1e-3).fit(f_train[:, :T - lag].reshape(-1, p),
-                              vel[train, lag:].reshape(-1, 2))
-        return dec.score(f_test[:, :T - lag].reshape(-1, p), vel[test, lag:].reshape(-1, 2))
+    def lagged(f):
+        return np.concatenate([f[:, n_lags - 1 - k:T - k] for k in range(n_lags)], axis=-1)
 
-    def reduce(method, data):
-        method.fit(data[train].reshape(-1, q))
-        return [method.transform(data[s].reshape(-1, q)).reshape(-1, T, p)
-                for s in (train, test)]
+    def r2(f_train, v_train, f_test, v_test):
+        a, b = lagged(f_train), lagged(f_test)
+        dec = Ridge(1e-3).fit(a.reshape(-1, a.shape[-1]),
+                              v_train[:, n_lags - 1:].reshape(-1, 2))
+        return dec.score(b.reshape(-1, b.shape[-1]), v_test[:, n_lags - 1:].reshape(-1, 2))
 
+    def reduce(method, data, fit_on, apply_to):
+        method.fit(data[fit_on].reshape(-1, q))
+        return [method.transform(data[s].reshape(-1, q)).reshape(-1, T, p) for s in apply_to]
+
+    def smoothed_pca_r2(sigma, fit_on, score_on):
+        data = gaussian_filter1d(sq, sigma, axis=1)
+        f_fit, f_score = reduce(PCA(p), data, fit_on, (fit_on, score_on))
+        return r2(f_fit, vel[fit_on], f_score, vel[score_on])
+
+    # the smoothing width is chosen on an inner split of the training trials
+    sigma = max([1.0, 2.0, 3.0], key=lambda s: smoothed_pca_r2(s, train[::2], train[1::2]))
     latents = model.transform(trials)["latents_orth"].values
-    scores = {"gpfa": r2((latents[train], latents[test])),
-              "fa": r2(reduce(FactorAnalysis(p, random_state=0), sq)),
-              "smoothed_pca": r2(reduce(PCA(p), gaussian_filter1d(sq, 1.5, axis=1)))}
-    print(scores)
+    scores = {"gpfa": r2(latents[train], vel[train], latents[test], vel[test]),
+              "smoothed_pca": smoothed_pca_r2(sigma, train, test)}
+    f_train, f_test = reduce(FactorAnalysis(p, random_state=0), sq, train, (train, test))
+    scores["fa"] = r2(f_train, vel[train], f_test, vel[test])
+    print(scores, "sigma", sigma)
     assert scores["gpfa"] > scores["fa"] + 0.05
     assert scores["gpfa"] > scores["smoothed_pca"] - 0.05
     assert scores["gpfa"] > 0.3
