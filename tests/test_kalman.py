@@ -135,3 +135,28 @@ def test_condition_matches_product_of_gaussians(rng):
     np.testing.assert_allclose(c, np.linalg.inv(prec), atol=1e-12)
     np.testing.assert_allclose(m, np.linalg.solve(prec, np.linalg.solve(cov, mean) + h),
                                atol=1e-12)
+
+
+def test_unrolled_small_algebra_matches_numpy(rng):
+    from neurodata.models._jax.kalman import (
+        cho_solve_small,
+        cholesky,
+        mm,
+        solve_lower,
+        solve_lower_transpose,
+    )
+
+    a = rng.normal(size=(5, 3, 3))
+    spd = a @ np.swapaxes(a, -1, -2) + 0.5 * np.eye(3)
+    rhs = rng.normal(size=(5, 3))
+    L = np.asarray(cholesky(jnp.asarray(spd)))
+    np.testing.assert_allclose(L, np.linalg.cholesky(spd), atol=1e-12)
+    np.testing.assert_allclose(mm(jnp.asarray(a), jnp.asarray(spd)), a @ spd, atol=1e-12)
+    np.testing.assert_allclose(mm(jnp.asarray(a), jnp.asarray(rhs)),
+                               np.einsum("nij,nj->ni", a, rhs), atol=1e-12)
+    np.testing.assert_allclose(solve_lower(jnp.asarray(L), jnp.asarray(rhs)),
+                               np.linalg.solve(L, rhs[..., None])[..., 0], atol=1e-10)
+    np.testing.assert_allclose(solve_lower_transpose(jnp.asarray(L), jnp.asarray(a)),
+                               np.linalg.solve(np.swapaxes(L, -1, -2), a), atol=1e-10)
+    np.testing.assert_allclose(cho_solve_small(jnp.asarray(L), jnp.asarray(rhs)),
+                               np.linalg.solve(spd, rhs[..., None])[..., 0], atol=1e-10)

@@ -264,7 +264,7 @@ def transition_loglik(latents, A, b, Q, occupied) -> jnp.ndarray:
                             lower=True)[..., 0]
     ll = -0.5 * (jnp.sum(half**2, axis=-1) + chol_logdet(chol)[None]
                  + d * jnp.log(2 * jnp.pi))  # (T-1, S, K)
-    ll = jnp.sum(ll * occupied[None, None, :], axis=-1)
+    ll = jnp.sum(jnp.where(occupied[None, None, :] > 0, ll, 0.0), axis=-1)
     return jnp.concatenate([ll, jnp.zeros_like(ll[:1])])
 
 
@@ -302,6 +302,9 @@ def dynamics_statistics(latents, states, occupied, n_states: int, priors: Priors
     trajectories are integrated out (they have no data), so their blocks follow the prior.
     """
     T, K, d = latents.shape
+    # a left-out slot's trajectory may have overflowed (see sample_clusters): zero it rather
+    # than weigh it by zero, which would keep its NaNs
+    latents = jnp.where(occupied[None, :, None] > 0, latents, 0.0)
     u = jnp.concatenate([latents[:-1], jnp.ones((T - 1, K, 1))], axis=2)  # (T-1, K, d+1)
     y = latents[1:]
     W = (jax.nn.one_hot(states[:-1], n_states, dtype=latents.dtype)[:, :, None]
@@ -540,6 +543,12 @@ def sample_clusters(key, state: ChainState, latents, omega, kappa, priors: Prior
     k_sm, k_w, k_z, k_beta = jax.random.split(key, 4)
     loglik, mean, chol = cluster_log_marginals(latents, omega, kappa, jnp.log(state.dispersion),
                                                jnp.zeros(K))
+    # Numerical guard: an empty slot's trajectory is a draw from the dynamics prior, whose
+    # heavy-tailed inverse-Wishart allows explosive blocks; over hundreds of bins such a
+    # draw can overflow. A neuron's likelihood under it is zero in exact arithmetic, so the
+    # slot is simply not available to the neurons (it never is for an occupied slot,
+    # whose trajectory the counts hold down).
+    loglik = jnp.where(jnp.isfinite(loglik), loglik, -jnp.inf)
     z = state.z
     if priors.split_merge_moves > 0 and z.shape[0] > 1:
         z = split_merge(k_sm, z, loglik, priors)
