@@ -71,7 +71,7 @@ from neurodata.models._jax.fourier import (
 )
 from neurodata.models._jax.gp import rbf_kernel
 
-__all__ = ["MMGPVAE", "affine_r2", "simulate"]
+__all__ = ["MMGPVAE", "affine_r2", "round_matmul_inputs", "simulate"]
 
 DTYPE = jnp.float32
 _LIKELIHOODS = ("poisson", "gaussian")
@@ -531,7 +531,7 @@ def affine_r2(inferred: np.ndarray, target: np.ndarray) -> np.ndarray:
     --------
     >>> import numpy as np
     >>> x = np.random.default_rng(0).normal(size=(100, 2))
-    >>> float(affine_r2(x, 3 * x[:, 0] - 1).round(6))
+    >>> round(affine_r2(x, 3 * x[:, 0] - 1), 6)
     1.0
     """
     x = np.asarray(inferred, float).reshape(-1, np.shape(inferred)[-1])
