@@ -20,8 +20,9 @@ memory, streamed over chunks of 200 windows of the same tensor held in
 host memory, and streamed over the lazy tensor, whose windows are recomputed from the
 activity in every pass (``affinity_tensor(..., lazy=True)``). Each variant runs in a fresh
 subprocess, which reports its peak resident memory above its baseline (imports and the
-recording) and its time per iteration as ``(t(3 iterations) - t(1 iteration)) / 2``
-after compiling fits, so the one-off validation pass and the normalisation do not count.
+recording) and its time per iteration as ``(t(5 iterations) - t(1 iteration)) / 4``
+(best of two runs each) after compiling fits, so the one-off validation pass and the
+normalisation do not count.
 
 ``python -m benchmarks.ntf [--quick] [--streaming]``. ``python -m benchmarks.ntf --gpu``
 (JAX, numpy, xarray only: no peers, no dask, no shared data; ``benchmarks/results/
@@ -143,10 +144,12 @@ def _stream_worker(spec: dict) -> dict:
 
     first, _ = fit(1)  # compiles
     peak = _vm_mb("VmHWM") - base
-    fit(3)  # compiles what depends on the iteration cap
-    one, _ = fit(1)
-    three, model = fit(3)
-    return {"source": source, "per_iter": (three - one) / 2, "first": first, "one": one,
+    fit(5)  # compiles what depends on the iteration cap
+    # best of two, in alternation: a shared machine's load drifts
+    runs = [(fit(1)[0], fit(5)) for _ in range(2)]
+    one = min(r[0] for r in runs)
+    five, model = min((r[1] for r in runs), key=lambda r: r[0])
+    return {"source": source, "per_iter": (five - one) / 4, "first": first, "one": one,
             "peak_mb": peak, "tensor_mb": tensor.size * 4 / 2**20, "error": model.error_,
             "chunk": model.stream_chunk_}
 
@@ -172,8 +175,8 @@ def streaming(sizes, sources, chunk: int, rank: int, title: str) -> str:
         "",
         f"NTF of the affinity tensor of a recording (2 s windows, 1 s apart, rank {rank}, one "
         "initialisation, float32); chunks of "
-        f"{chunk} windows. Time per iteration = (t(3 iterations) - t(1)) / 2 after "
-        "compiling fits; first fit = compile and one iteration; peak memory = peak "
+        f"{chunk} windows. Time per iteration = (t(5 iterations) - t(1)) / 4, best of 2, "
+        "after compiling fits; first fit = compile and one iteration; peak memory = peak "
         "resident set above the process's baseline (imports and the recording), each "
         "variant in a fresh process, the tensor built in batches of one chunk of windows "
         "(held whole in memory except in the lazy variant). Planned chunk: what "
@@ -197,6 +200,12 @@ def streaming(sizes, sources, chunk: int, rank: int, title: str) -> str:
                 f"{names[source]} | {rec['per_iter']:.3f} | {ratio} | {rec['first']:.1f} | "
                 f"{rec['peak_mb']:.0f} | {planned} |")
             print(lines[-1], flush=True)
+    lines += ["", "Streaming holds one chunk of the tensor, so the lazy variant's peak does not "
+              "grow with the windows (the chunk's float64 affinity batch and the compiled "
+              "kernels make it up); its time is the affinities recomputed in each of the three "
+              "passes of an iteration. Streaming from host memory pays one copy of each chunk "
+              "per pass; on a GPU that copy is the host-to-device transfer that lets a tensor "
+              "larger than the device's memory be fitted."]
     return "\n".join(lines)
 
 
