@@ -27,7 +27,7 @@ normalisation do not count.
 ``python -m benchmarks.ntf [--quick] [--streaming]``. ``python -m benchmarks.ntf --gpu``
 (JAX, numpy, xarray only: no peers, no dask, no shared data; ``benchmarks/results/
 ntf_gpu.md``): in memory vs streamed from host memory at 200 neurons x 2000 windows and
-500 neurons x 4000 windows (124,750 pairs, 2 GB), on JAX's default device.
+400 neurons x 4000 windows (79,800 pairs, 1.2 GB), on JAX's default device.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def main(argv=None) -> str:
         print(json.dumps(rec))
         return json.dumps(rec)
     if args.gpu:
-        sizes = [(60, 300)] if args.quick else [(200, 2000), (500, 4000)]
+        sizes = [(60, 300)] if args.quick else [(200, 2000), (400, 4000)]
         md = streaming(sizes, ["memory", "array"], 100 if args.quick else 500, 10,
                        "NTF streaming on the accelerator")
         write_result("ntf_gpu", md)
