@@ -331,7 +331,9 @@ class BiClustering(NeurodataModel):
         y = _counts(ds, 4 * (self.latent_dim + 1))
         negbin = self.observation == "negbin"
         priors = self._priors()
-        data = _core.make_data(y)
+        # the count range fixes a shape of the compiled sweep: round it up to a power of
+        # two so that fits on similar data reuse one compilation
+        data = _core.make_data(y, y_max=int(2 ** math.ceil(math.log2(max(y.max(), 16)))))
         thin, chunk = int(self.thin), int(self.chunk_size)
         burn_blocks = math.ceil(self.burn_in / thin)
         total_blocks = burn_blocks + int(self.n_samples)
