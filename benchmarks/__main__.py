@@ -19,20 +19,21 @@ Each section is written by `benchmarks/<name>.py` (run all with `make bench`), s
 with the peer library in the same run. Ratios are peer time / neurodata time (higher is
 better for neurodata). JIT compile time is reported separately from run time.
 
-GPU: no GPU machine was lent to the sessions that produced these figures; every benchmark
-runs unchanged on JAX's default device, and `python -m benchmarks.gpu` (last section) records
-the CPU-vs-GPU speed-ups with the device name when it runs on a machine with a GPU.
-Most figures were taken while other jobs shared the 2 cores (each section says so).
+GPU: an NVIDIA H100 was lent for 30 minutes in the third session; `python -m benchmarks.gpu`
+(last section) records the CPU-vs-GPU speed-ups of every model measured there, and
+`<model>_gpu.md` sections the model-specific GPU runs. Every benchmark runs unchanged on JAX's
+default device. Each section names its machine and the load it ran under.
 """
 
 
 def assemble() -> Path:
-    """Concatenate ``results/<name>.md`` in benchmark order into ``RESULTS.md``."""
+    """Concatenate ``results/<name>.md`` and then ``results/<name>_*.md`` (extra sections of
+    the same benchmark, e.g. its GPU run) in benchmark order into ``RESULTS.md``."""
     parts = [HEADER]
     for name in BENCHMARKS:
-        path = HERE / "results" / f"{name}.md"
-        if path.exists():
-            parts.append(path.read_text())
+        main = HERE / "results" / f"{name}.md"
+        extra = sorted((HERE / "results").glob(f"{name}_*.md"))
+        parts += [path.read_text() for path in ([main] if main.exists() else []) + extra]
     out = HERE / "RESULTS.md"
     out.write_text("\n".join(parts))
     return out
