@@ -479,8 +479,6 @@ class BiClustering(NeurodataModel):
         out = {}
         sub = self.posterior_[["loglik", "n_clusters", "n_states"]].astype(float)
         if sub.sizes["draw"] >= 4:
-            rhat = az.rhat(sub)
-            ess = az.ess(sub)
             for name in sub.data_vars:
                 values = sub[name].values
                 if np.ptp(values) == 0:
@@ -488,8 +486,8 @@ class BiClustering(NeurodataModel):
                     # the chains agree exactly, so R-hat is 1 and every draw counts
                     out[f"rhat_{name}"], out[f"ess_{name}"] = 1.0, float(values.size)
                 else:
-                    out[f"rhat_{name}"] = float(rhat[name])
-                    out[f"ess_{name}"] = float(ess[name])
+                    out[f"rhat_{name}"] = float(az.rhat(sub[name]).to_array().item())
+                    out[f"ess_{name}"] = float(az.ess(sub[name]).to_array().item())
         return out
 
     def to_inference_data(self):
