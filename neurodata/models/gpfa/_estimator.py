@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from sklearn.decomposition import FactorAnalysis
-from threadpoolctl import threadpool_limits
 
 from neurodata.data import from_arrays, validate
 from neurodata.errors import InputDataError, SchemaError
 from neurodata.models._base import NeurodataModel
+from neurodata.models._jax.blas import one_blas_thread
 from neurodata.models._jax.loop import iterate, make_chunk_runner
 from neurodata.models.gpfa import _core as core
 
@@ -61,20 +61,6 @@ def _trial_lengths(values: np.ndarray) -> np.ndarray:
             "drop them with ds.isel(trial=...)."
         )
     return lengths
-
-
-def _lapack_single_thread():
-    """Run BLAS/LAPACK single-threaded while GPFA computes.
-
-    jaxlib's CPU Cholesky and triangular solves call scipy's OpenBLAS, and XLA may run
-    several of them at once (the two halves, the latents' Newton updates). With OpenBLAS's
-    own threads on top, a busy 2-core machine was measured 50x slower on an 800 x 800
-    Cholesky (1.5 s instead of 30 ms); 30 EM iterations at 200-bin trials missed a 150 s
-    limit in 3 of 3 runs and finished in 3 of 3 with one thread. (The separate deadlock of
-    XLA's intra-op pool is prevented in ``neurodata/__init__.py``.) The limit is restored on
-    exit.
-    """
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 @functools.lru_cache(maxsize=16)
@@ -316,7 +302,7 @@ class GPFA(NeurodataModel):
             log_gamma=jnp.full(p, 2.0 * np.log(bin_size / self.tau_init)),
             eps=jnp.full(p, float(self.gp_noise)))
         var_floor = jnp.asarray(self.min_var_frac * np.var(pooled_train, axis=0, ddof=1))
-        with _lapack_single_thread():
+        with one_blas_thread():  # see neurodata.models._jax.blas
             params, lls, converged = self._em(params, train.buckets(), var_floor)
 
         self.bin_size_ = bin_size
@@ -404,7 +390,7 @@ class GPFA(NeurodataModel):
                 y = trials.values[idx, :T]
                 if size is not None and idx.size < size:
                     y = np.concatenate([y, np.zeros((size - idx.size,) + y.shape[1:])])
-                with _lapack_single_thread():
+                with one_blas_thread():  # see neurodata.models._jax.blas
                     out = jax.block_until_ready(fn(params, jnp.asarray(y)))
                 yield start + idx, T, [np.asarray(a)[:idx.size] for a in out]
 
