@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -330,6 +331,14 @@ def test_checkpoint_resume_gives_identical_draws(tmp_path, paper_simulation):
     back = BiClustering.load(tmp_path / "model.nc")
     np.testing.assert_array_equal(back.neuron_clusters_.values, full.neuron_clusters_.values)
     assert full.to_inference_data().posterior["loglik"].shape == (4, 4)
+
+
+def test_diagnostics_without_arviz_warn_and_stay_empty(monkeypatch, paper_simulation):
+    model = BiClustering(n_samples=4, burn_in=2, **PAPER).fit(paper_simulation[0])
+    assert set(model.diagnostics_) >= {"rhat_loglik", "ess_n_clusters"}
+    monkeypatch.setitem(sys.modules, "arviz", None)  # the optional extra is not installed
+    with pytest.warns(UserWarning, match="neurodata\\[mcmc\\]"):
+        assert model._diagnostics() == {}
 
 
 def test_recovers_planted_biclusters(paper_simulation):

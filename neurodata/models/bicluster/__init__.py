@@ -32,6 +32,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import jax
@@ -474,8 +475,12 @@ class BiClustering(NeurodataModel):
         self.diagnostics_ = self._diagnostics()
 
     def _diagnostics(self) -> dict:
-        import arviz as az
-
+        try:
+            import arviz as az
+        except ImportError:  # an optional extra: the fit itself does not need it
+            warnings.warn("BiClustering: R-hat and ESS need ArviZ (pip install "
+                          "'neurodata[mcmc]'); diagnostics_ is left empty.", stacklevel=3)
+            return {}
         out = {}
         sub = self.posterior_[["loglik", "n_clusters", "n_states"]].astype(float)
         if sub.sizes["draw"] >= 4:
