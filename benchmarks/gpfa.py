@@ -45,8 +45,8 @@ def _ours(y, init, var_floor, n_iter):
     import jax
     import jax.numpy as jnp
 
+    from neurodata.models._jax.blas import one_blas_thread
     from neurodata.models.gpfa import _core
-    from neurodata.models.gpfa._estimator import _lapack_single_thread
 
     params = _core.GPFAParams(jnp.asarray(init["C"]), jnp.asarray(init["d"]),
                               jnp.asarray(np.diag(init["R"])), jnp.log(init["gamma"]),
@@ -54,7 +54,7 @@ def _ours(y, init, var_floor, n_iter):
     buckets = [_core.make_bucket(jnp.asarray(y))]
     step = jax.jit(lambda prm: _core.em_step(prm, buckets, jnp.asarray(var_floor),
                                              _core.EMOptions()))
-    with _lapack_single_thread():  # as GPFA.fit does
+    with one_blas_thread():  # as GPFA.fit does
         start = time.perf_counter()
         compiled = step.lower(params).compile()
         compile_s = time.perf_counter() - start
@@ -87,10 +87,10 @@ def _temp_mb(n_trials, n_time, q, p):
 def _elephant(y, init, n_iter):
     from elephant.gpfa import gpfa_core
 
-    from neurodata.models.gpfa._estimator import _lapack_single_thread
+    from neurodata.models._jax.blas import one_blas_thread
 
     seqs = np.array([(v.shape[0], v.T.copy()) for v in y], dtype=[("T", int), ("y", "O")])
-    with _lapack_single_thread():  # the same BLAS threading as ours
+    with one_blas_thread():  # the same BLAS threading as ours
         start, cpu = time.perf_counter(), time.process_time()
         gpfa_core.em(copy.deepcopy(init), seqs, max_iters=n_iter, tol=-1.0, freq_ll=1,
                      verbose=False)
