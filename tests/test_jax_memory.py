@@ -89,3 +89,19 @@ def test_a_tighter_container_limit_wins(monkeypatch):
 def test_bad_arguments_name_the_argument(kwargs, word):
     with pytest.raises(InputDataError, match=word):
         plan_batch_size(free_bytes=1e6, **kwargs)
+
+
+def test_host_memory_respects_an_address_space_limit(monkeypatch):
+    import resource
+
+    from neurodata.models._jax import memory
+
+    used = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+    limit = used + 2**30  # 1 GB of room: below what any test machine has free
+    monkeypatch.setattr(memory.resource, "getrlimit",
+                        lambda which: (limit, limit) if which == resource.RLIMIT_AS
+                        else (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    limited = memory.host_memory()
+    assert limited.source == "rlimit_as"
+    assert 0.9 * 2**30 < limited.free <= 2**30
+    assert memory.device_memory(jax.devices("cpu")[0]).free == limited.free

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import string
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -790,22 +789,11 @@ def _as_tensor(tensor, mask, dtype=None):
 def _free_memory() -> float:
     """Bytes a fit may use: the smallest of the device's and the host's free memory.
 
-    The host's room includes what is left under an address-space limit
-    (``resource.RLIMIT_AS``), which neither ``MemAvailable`` nor a cgroup reports.
+    The host's includes the room under an address-space limit (``host_memory``).
     """
-    import resource
-
     free = [device_memory().free]
     if jax.default_backend() != "cpu":  # chunks are read on the host, then sent over
         free.append(host_memory().free)
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit != resource.RLIM_INFINITY:
-        try:
-            status = Path("/proc/self/status").read_text()
-            used = int(status.split("VmSize:")[1].split()[0]) * 1024
-        except (OSError, IndexError, ValueError):
-            used = 0
-        free.append(max(limit - used, 0))
     return float(min(f for f in free if f > 0) if any(f > 0 for f in free) else 0)
 
 

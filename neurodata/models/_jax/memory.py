@@ -12,6 +12,7 @@ planning costs nothing and never allocates on the device.
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,10 +71,24 @@ def _cgroup(root: Path = Path("/sys/fs/cgroup")) -> tuple[int, int] | None:
     return None
 
 
+def _address_space() -> tuple[int, int] | None:
+    """(room, limit) under ``RLIMIT_AS``, which neither ``MemAvailable`` nor a cgroup reports."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        status = Path("/proc/self/status").read_text()
+        used = int(status.split("VmSize:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        used = 0
+    return max(limit - used, 0), limit
+
+
 def host_memory() -> DeviceMemory:
     """Free and total memory of the host, without asking JAX for a CPU device.
 
-    The tightest of ``/proc/meminfo``, ``sysconf`` and the cgroup limit. Code that stages data
+    The tightest of ``/proc/meminfo``, ``sysconf``, the cgroup limit and the room left under
+    an address-space limit (``resource.RLIMIT_AS``). Code that stages data
     on the host calls this rather than ``device_memory(jax.devices("cpu")[0])``, since no CPU
     device exists when JAX runs on a GPU alone (``JAX_PLATFORMS=cuda``).
 
@@ -96,6 +111,9 @@ def host_memory() -> DeviceMemory:
     group = _cgroup()
     if group is not None and (host is None or group[0] < host[0]):
         host, source = group, "cgroup"
+    limit = _address_space()
+    if limit is not None and (host is None or limit[0] < host[0]):
+        host, source = limit, "rlimit_as"
     if host is None:
         return DeviceMemory(0, 0, "unknown")
     return DeviceMemory(int(host[0]), int(host[1]), source)
