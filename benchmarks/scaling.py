@@ -23,15 +23,16 @@ imports (the peak is reset after the cold run through ``/proc/self/clear_refs``)
 data, the model's working memory and the compiled code.
 
 The fitted exponent ``b`` of ``time ~ a n^b`` (least squares on log-log) lets a user
-predict the cost of their data: ``time(n) = time(n0) (n / n0)^b``. Exponents from 3-5
-small sizes on a shared machine are rough (fixed overheads flatten the small end).
-Sizes are deliberately small: every point is a few seconds of work, so the run time is
-dominated by the one compilation per point (10-60 s on a loaded machine). The committed
-run shared the development machine's 2 cores with other jobs at a load average of 25-50:
-it took about 45 minutes there, points of the bi-clustering sampler hit the time limit, and
-per-iteration times below a few milliseconds (GPFA's EM iteration next to its seconds of
-per-fit set-up) are at the noise level. On an idle 2-core machine expect well under half
-of that; ``--quick`` (two sizes per curve) takes a few minutes.
+predict the cost of their data: ``time(n) = time(n0) (n / n0)^b``. Sizes span a factor of 8
+(4 points) where a point stays under a minute, so that fixed overheads do not flatten the
+exponent; the run time is dominated by the one compilation per point.
+
+``--jobs N`` measures N points at a time, each pinned to its own core with BLAS limited to
+one thread (XLA is single-threaded already, see the README's Numerics), so that concurrent
+points do not share a core; use it only with at least N idle cores. Every point's raw
+figures go to ``benchmarks/results/scaling.json``; a run with ``--only`` replaces the points
+of its curves there and re-renders the whole markdown, so that a partial re-run updates the
+table instead of leaving a second one beside it.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ class Curve:
     is long next to an iteration)."""
 
 
-_GPFA = {"trials": 20, "neurons": 30, "T": 50}
+_GPFA = {"trials": 20, "neurons": 50, "T": 100}
 _GPVAE = {"trials": 40, "neurons": 50, "T": 40}
 _HMM = {"neurons": 10, "T": 4000}
 _NTF = {"neurons": 40, "windows": 100}
@@ -174,26 +175,29 @@ _BIC = {"neurons": 48, "T": 200}
 _RSA = {"stimuli": 50, "channels": 500}
 CURVES = [
     # GPFA's fit spends seconds on set-up (factor-analysis initialisation) before its EM
-    Curve("GPFA", "T", (25, 50, 100), (20, 40), _GPFA, "EM iteration", 2, 1, _gpfa, 200),
-    Curve("GPFA", "neurons", (30, 60, 120), (20, 40), _GPFA, "EM iteration", 2, 1, _gpfa, 200),
-    Curve("MM-GPVAE (Fourier)", "T", (20, 40, 80), (20, 40), _GPVAE, "epoch", 6, 1, _gpvae),
-    Curve("MM-GPVAE (Fourier)", "trials", (20, 40, 80), (20, 40), _GPVAE, "epoch", 6, 1,
+    Curve("GPFA", "T", (50, 100, 200, 400), (20, 40), _GPFA, "EM iteration", 2, 1, _gpfa, 20),
+    Curve("GPFA", "neurons", (50, 100, 200, 400), (20, 40), _GPFA, "EM iteration", 2, 1, _gpfa,
+          20),
+    Curve("MM-GPVAE (Fourier)", "T", (20, 40, 80, 160), (20, 40), _GPVAE, "epoch", 6, 1,
           _gpvae),
-    Curve("HMM-GLM", "T", (2000, 4000, 8000), (1000, 2000), _HMM, "EM iteration", 1, 1,
+    Curve("MM-GPVAE (Fourier)", "trials", (20, 40, 80, 160), (20, 40), _GPVAE, "epoch", 6, 1,
+          _gpvae),
+    Curve("HMM-GLM", "T", (2000, 4000, 8000, 16000), (1000, 2000), _HMM, "EM iteration", 1, 1,
           _hmmglm),
-    Curve("HMM-GLM", "neurons", (5, 10, 20), (5, 10), _HMM, "EM iteration", 1, 1, _hmmglm),
-    Curve("NTF", "windows", (100, 200, 400), (25, 50), _NTF, "HALS iteration", 5, 1,
+    Curve("HMM-GLM", "neurons", (5, 10, 20, 40), (5, 10), _HMM, "EM iteration", 1, 1,
+          _hmmglm),
+    Curve("NTF", "windows", (100, 200, 400, 800), (25, 50), _NTF, "HALS iteration", 5, 1,
           _ntf),
-    Curve("NTF", "neurons", (20, 40, 80), (10, 20), _NTF, "HALS iteration", 5, 1, _ntf),
+    Curve("NTF", "neurons", (20, 40, 80, 160), (10, 20), _NTF, "HALS iteration", 5, 1, _ntf),
     Curve("Bi-clustering", "neurons", (24, 48, 96), (12, 24), _BIC, "Gibbs sweep", 25, 25,
           _bicluster),
     Curve("Bi-clustering", "T", (100, 200, 400), (100, 200), _BIC, "Gibbs sweep", 25, 25,
           _bicluster),
-    Curve("RSA crossnobis", "stimuli", (25, 50, 100), (10, 20), _RSA, "RDM (8 folds)", 1,
+    Curve("RSA crossnobis", "stimuli", (25, 50, 100, 200), (10, 20), _RSA, "RDM (8 folds)", 1,
           1, _crossnobis),
-    Curve("RSA crossnobis", "channels", (250, 500, 1000), (100, 200), _RSA,
+    Curve("RSA crossnobis", "channels", (250, 500, 1000, 2000), (100, 200), _RSA,
           "RDM (8 folds)", 1, 1, _crossnobis),
-    Curve("RSA dual bootstrap", "stimuli", (25, 50, 100), (10, 20), {"stimuli": 50},
+    Curve("RSA dual bootstrap", "stimuli", (25, 50, 100, 200), (10, 20), {"stimuli": 50},
           "bootstrap sample (8 x 8 RDMs)", 64, 64, _bootstrap),
 ]
 BUILDERS = {c.build.__name__: c.build for c in CURVES}
@@ -298,14 +302,21 @@ def point(build: str, size: dict, k1: int, step: int, min_extra: int = 3,
             "working_mb": _status_mb("VmHWM") - held, **_device()}
 
 
-def _measure(curve: Curve, value, timeout: float, env: dict | None = None) -> dict:
-    """Run one point in a fresh subprocess (``env`` overrides, e.g. ``JAX_PLATFORMS``)."""
+def _measure(curve: Curve, value, timeout: float, env: dict | None = None,
+             core: int | None = None) -> dict:
+    """Run one point in a fresh subprocess (``env`` overrides, e.g. ``JAX_PLATFORMS``;
+    ``core`` pins it to that CPU with one BLAS thread)."""
+    if core is not None:
+        env = {**(env or {}), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}
     size = {**curve.fixed, curve.driver: value}
     cmd = [sys.executable, "-m", "benchmarks.scaling", "--point",
            json.dumps({"build": curve.build.__name__, "size": size, "k1": curve.k1,
                        "step": curve.step, "extra": max(3, curve.extra)})]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, **(env or {})})
+                            start_new_session=True, env={**os.environ, **(env or {})},
+                            preexec_fn=None if core is None else
+                            (lambda: os.sched_setaffinity(0, {core})))
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -333,17 +344,17 @@ def _fmt(v: float, digits: int = 3) -> str:
     return "-" if not np.isfinite(v) else f"{v:.{digits}g}"
 
 
-def _markdown(rows: list[tuple[Curve, list]], quick: bool, elapsed: float) -> str:
-    from benchmarks.common import machine
-
-    load = os.getloadavg()
+def _markdown(rows: list[tuple[Curve, list]], runs: list[dict]) -> str:
     lines = [
         "## Scaling curves (CPU)",
         "",
-        f"Machine: {machine()}. Load average at the end (1, 5, 15 min): {load[0]:.1f}, "
-        f"{load[1]:.1f}, {load[2]:.1f}: the 2 cores were shared with other jobs, so "
-        "absolute times are inflated and noisy; the exponents are what to read. "
-        f"Whole run: {elapsed / 60:.1f} min{' (--quick sizes)' if quick else ''}.",
+        "Runs merged into this table (each curve's points come from one run):",
+        "",
+        *(f"- {r['date']}: {r['machine']}; {r['jobs']} point(s) at a time"
+          f"{', each pinned to its own core' if r['jobs'] > 1 else ''}; load average before "
+          f"the run {r['load_before']:.2f} (1 min); {r['elapsed_min']:.1f} min; curves: "
+          f"{', '.join(r['curves'])}{' (--quick sizes)' if r['quick'] else ''}."
+          for r in runs),
         "",
         "Time per iteration excludes compilation and per-fit set-up (difference of warm "
         "runs with two iteration counts); *first call* is compilation plus set-up. *Peak* is the "
@@ -367,8 +378,8 @@ def _markdown(rows: list[tuple[Curve, list]], quick: bool, elapsed: float) -> st
         lines.append(f"| {curve.model} | {curve.driver} ({fixed}) | {curve.unit} | "
                      f"{', '.join(str(v) for v, _ in pts)} | {_fmt(b_t, 2)} | {_fmt(b_m, 2)} "
                      f"| {last} |")
-    lines += ["", "A point whose extra iterations cost less than the run-to-run noise of the "
-              "loaded machine is shown as *below the timing noise* and left out of the fit.",
+    lines += ["", "A point whose extra iterations cost less than the run-to-run noise "
+              "is shown as *below the timing noise* and left out of the fit.",
               "", "### Points", "",
               "| model | driver | size | time per iteration (ms) | first call (s) | "
               "peak (MB) | run peak above imports (MB) |",
@@ -387,11 +398,47 @@ def _markdown(rows: list[tuple[Curve, list]], quick: bool, elapsed: float) -> st
     return "\n".join(lines)
 
 
+POINTS_FILE = "scaling.json"
+
+
+def _key(curve: Curve) -> str:
+    return f"{curve.model} | {curve.driver}"
+
+
+def _measure_all(curves: list[Curve], quick: bool, timeout: float, jobs: int) -> dict:
+    """Every point of ``curves``, ``jobs`` at a time (a curve stops at its first timeout)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cores = sorted(os.sched_getaffinity(0))[:jobs] if jobs > 1 else [None]
+    free = list(cores)
+
+    def run_curve(curve: Curve) -> list:
+        pts = []
+        for value in curve.quick if quick else curve.values:
+            if pts and pts[-1][1]["status"].startswith(("timeout", "skipped")):
+                pts.append((value, {"status": "skipped (smaller size timed out)"}))
+                continue
+            core = free.pop()
+            try:
+                res = _measure(curve, value, timeout, core=core)
+            finally:
+                free.append(core)
+            print(curve.model, curve.driver, value, res, flush=True)
+            pts.append((value, res))
+        return pts
+
+    # one curve per worker: a curve's points run one after the other on a free core
+    with ThreadPoolExecutor(len(cores)) as pool:
+        return dict(zip([_key(c) for c in curves], pool.map(run_curve, curves), strict=True))
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling")
     parser.add_argument("--quick", action="store_true", help="two tiny sizes per curve")
     parser.add_argument("--only", default="", help="comma-separated model name prefixes")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per point")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds per point")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="points measured at a time, each on its own core")
     parser.add_argument("--point", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.point:
@@ -399,26 +446,28 @@ def main(argv=None) -> str:
         print(json.dumps(point(spec["build"], spec["size"], spec["k1"], spec["step"],
                                spec["extra"])))
         return ""
-    wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
-    start = time.perf_counter()
-    rows = []
-    for curve in CURVES:
-        if wanted and not any(curve.model.lower().startswith(w) for w in wanted):
-            continue
-        pts = []
-        for value in curve.quick if args.quick else curve.values:
-            if pts and pts[-1][1]["status"].startswith(("timeout", "skipped")):
-                pts.append((value, {"status": "skipped (smaller size timed out)"}))
-                continue
-            res = _measure(curve, value, args.timeout)
-            print(curve.model, curve.driver, value, res, flush=True)
-            pts.append((value, res))
-        rows.append((curve, pts))
-    md = _markdown(rows, args.quick, time.perf_counter() - start)
-    if not wanted:
-        from benchmarks.common import write_result
+    from benchmarks.common import RESULTS_DIR, machine, write_result
 
-        write_result("scaling", md)
+    wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
+    curves = [c for c in CURVES
+              if not wanted or any(c.model.lower().startswith(w) for w in wanted)]
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    measured = _measure_all(curves, args.quick, args.timeout, max(1, args.jobs))
+    run = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+           "jobs": max(1, args.jobs), "load_before": load_before,
+           "elapsed_min": (time.perf_counter() - start) / 60, "quick": args.quick,
+           "curves": list(measured)}
+    store_path = RESULTS_DIR / POINTS_FILE
+    store = json.loads(store_path.read_text()) if store_path.exists() else {}
+    points = {k: v for k, v in store.get("points", {}).items() if k not in measured}
+    points.update(measured)
+    runs = [r for r in store.get("runs", []) if set(r["curves"]) - set(measured)]
+    runs.append(run)
+    store_path.write_text(json.dumps({"runs": runs, "points": points}, indent=1))
+    rows = [(c, points[_key(c)]) for c in CURVES if _key(c) in points]
+    md = _markdown(rows, runs)
+    write_result("scaling", md)
     print(md)
     return md
 
