@@ -17,7 +17,7 @@ decomposition (fused block comparisons plus a block x bucket histogram).
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
@@ -26,7 +26,13 @@ import numpy as np
 import xarray as xr
 
 from neurodata.errors import InputDataError
-from neurodata.models.rsa.rdm import _square, _triu, as_rdms
+from neurodata.models.rsa.rdm import (
+    _check_rdm_values,
+    _coord_values,
+    _rdm_array,
+    _square,
+    _triu,
+)
 
 __all__ = ["COMPARATORS", "compare", "masked_ranks", "vector_similarity"]
 
@@ -240,16 +246,28 @@ def _kendall_parts(va: jax.Array, vb: jax.Array):
 
 
 def _second_moment(d: jax.Array) -> jax.Array:
-    # G = -1/2 H D H: the double-centred second-moment matrix of the patterns
+    # G = -1/2 H D H, the double-centred second-moment matrix of the patterns, by subtracting
+    # row, column and grand means (O(n^2); the two products with H are O(n^3))
+    row = d.mean(-1, keepdims=True)
+    return -0.5 * (d - row - d.mean(-2, keepdims=True) + row.mean(-2, keepdims=True))
+
+
+def _center_off_diagonal(d: jax.Array) -> jax.Array:
+    # subtract each RDM's mean dissimilarity (upper triangle) from its off-diagonal entries
     n = d.shape[-1]
-    h = jnp.eye(n) - 1.0 / n
-    return -0.5 * h @ d @ h
+    mean = jnp.sum(jnp.triu(d, 1), (-2, -1)) / (n * (n - 1) / 2)
+    return d - mean[:, None, None] * (1.0 - jnp.eye(n))
 
 
-@jax.jit
-def _cov_weighted(da: jax.Array, db: jax.Array) -> jax.Array:
+_vector_jit = jax.jit(vector_similarity, static_argnames="method")
+
+
+@partial(jax.jit, static_argnames="centre")
+def _cov_weighted(da: jax.Array, db: jax.Array, centre: bool = False) -> jax.Array:
     # WUC (Diedrichsen et al. 2021): with Sigma_k = I the cosine of RDM vectors in the metric
     # V^-1, V = (C C^T) o (C C^T), equals the Frobenius cosine of G = -1/2 H D H
+    if centre:  # corr_cov: the dissimilarities minus their mean
+        da, db = _center_off_diagonal(da), _center_off_diagonal(db)
     ga = _second_moment(da)
     gb = _second_moment(db)
     va = ga.reshape(ga.shape[0], -1)
@@ -350,8 +368,8 @@ def compare(
     """
     if method not in COMPARATORS:
         raise InputDataError(f"method={method!r}; use one of {list(COMPARATORS)}.")
-    a, ids_a = as_rdms(rdms_a, "rdms_a")
-    b, ids_b = as_rdms(rdms_b, "rdms_b")
+    a, ids_a = _rdm_array(rdms_a, "rdms_a")
+    b, ids_b = _rdm_array(rdms_b, "rdms_b")
     if a.shape[1] != b.shape[1]:
         raise InputDataError(
             f"rdms_a has {a.shape[1]} stimuli and rdms_b {b.shape[1]}; compare RDMs of the "
@@ -362,52 +380,114 @@ def compare(
             "rdms_a and rdms_b have different stimulus ids (or orders); select and order the "
             "same stimuli in both (e.g. rdms.sel(stimulus=...))."
         )
+    # nothing below writes into a or b (they may be the callers' buffers); numpy goes into
+    # the jitted kernels directly, which converts it faster than separate jnp.asarray calls
+    sim = None
+    if method in _VECTOR:
+        va, vb = _upper_vectors(a), _upper_vectors(b)
+        sim = _vector_jit(va, vb, _all_pairs(va.shape[1]), method)
+    elif method in ("corr_cov", "cosine_cov") and sigma_k is None:
+        sim = _cov_weighted(_aligned(a), _aligned(b), centre=method == "corr_cov")
+    # JAX dispatches asynchronously: these checks run while the kernel above computes (an
+    # error discards its result)
+    _check_rdm_values(a, "rdms_a")
+    _check_rdm_values(b, "rdms_b")
+    names = _names(rdms_a, a.shape[0]), _names(rdms_b, b.shape[0])
+    if sim is None:
+        sim = _other_comparator(a, b, method, sigma_k)
+    return _labelled(np.asarray(sim), *names, method)
+
+
+def _other_comparator(a: np.ndarray, b: np.ndarray, method: str, sigma_k: Any) -> jax.Array:
+    """Kendall's taus, whitened comparators with ``sigma_k`` and the Bures measures."""
     n = a.shape[1]
     iu, ju = _triu(n)
-    # numpy in: the jitted kernels convert it faster than separate jnp.asarray calls
-    va, vb = a[:, iu, ju], b[:, iu, ju]
-    ja, jb = a, b
-    if method in _VECTOR:
-        sim = _vector_jit(va, vb, np.ones(va.shape[1], bool), method)
-    elif method in ("tau-a", "kendall"):
+    if method in ("tau-a", "kendall"):
+        va, vb = a[:, iu, ju], b[:, iu, ju]
         c_minus_d, n0, ties_a, ties_b = _kendall_parts(va, vb)
         if method == "tau-a":
-            sim = jnp.clip(c_minus_d / n0, -1.0, 1.0)
-        else:
-            # tau-b = (C - D) / sqrt((n0 - n1)(n0 - n2)), n1, n2 the pairs tied in each RDM
-            den = jnp.sqrt(((n0 - ties_a)[:, None] * (n0 - ties_b)[None]).astype(va.dtype))
-            sim = jnp.clip(c_minus_d / den, -1.0, 1.0)
-    elif method in ("corr_cov", "cosine_cov"):
+            return jnp.clip(c_minus_d / n0, -1.0, 1.0)
+        # tau-b = (C - D) / sqrt((n0 - n1)(n0 - n2)), n1, n2 the pairs tied in each RDM
+        den = jnp.sqrt(((n0 - ties_a)[:, None] * (n0 - ties_b)[None]).astype(va.dtype))
+        return jnp.clip(c_minus_d / den, -1.0, 1.0)
+    if method in ("corr_cov", "cosine_cov"):
+        # rsatoolbox's fast path for a diagonal sigma_k whitens G instead, which is not the
+        # V^-1 metric; we always use the definition
+        va, vb = a[:, iu, ju], b[:, iu, ju]
         if method == "corr_cov":
-            off = 1.0 - np.eye(n)
-            ja = jnp.asarray(a - a[:, iu, ju].mean(-1)[:, None, None] * off)
-            jb = jnp.asarray(b - b[:, iu, ju].mean(-1)[:, None, None] * off)
             va, vb = va - va.mean(-1, keepdims=True), vb - vb.mean(-1, keepdims=True)
-        if sigma_k is None:
-            sim = _cov_weighted(ja, jb)
-        else:
-            # rsatoolbox's fast path for a diagonal sigma_k whitens G instead, which is not
-            # the V^-1 metric; we always use the definition
-            sim = _v_whitened_cosine(va, vb, _sigma_matrix(sigma_k, n))
-    else:
-        nuc, tra, trb = _bures_parts(ja, jb)
-        if method == "bures":
-            sim = nuc / jnp.sqrt(tra[:, None] * trb[None, :])
-        else:
-            sim = tra[:, None] + trb[None, :] - 2.0 * nuc
-    names_a = _names(rdms_a, a.shape[0])
-    names_b = _names(rdms_b, b.shape[0])
+        return _v_whitened_cosine(va, vb, _sigma_matrix(sigma_k, n))
+    nuc, tra, trb = _bures_parts(a, b)
+    if method == "bures":
+        return nuc / jnp.sqrt(tra[:, None] * trb[None, :])
+    return tra[:, None] + trb[None, :] - 2.0 * nuc
+
+
+@lru_cache(maxsize=64)
+def _output_template(names_a: tuple, names_b: tuple, method: str):
+    out = xr.DataArray(
+        np.zeros((len(names_a), len(names_b))), dims=("rdm_a", "rdm_b"),
+        coords={"rdm_a": np.asarray(names_a), "rdm_b": np.asarray(names_b)},
+        name="similarity", attrs={"method": method},
+    )
+    return out.coords.variables, out.xindexes
+
+
+def _labelled(sim: np.ndarray, names_a: tuple, names_b: tuple, method: str) -> xr.DataArray:
+    # building the indexed name coordinates costs more than comparing a few RDMs: they are
+    # built once per set of names and shared (immutable indexes; each result gets its own
+    # shallow copies of the coordinate variables, so their attrs stay separate)
+    coords, indexes = _output_template(names_a, names_b, method)
     return xr.DataArray(
-        np.asarray(sim), dims=("rdm_a", "rdm_b"),
-        coords={"rdm_a": names_a, "rdm_b": names_b}, name="similarity",
-        attrs={"method": method},
+        xr.Variable(("rdm_a", "rdm_b"), sim, {"method": method}),
+        coords={k: v.copy(deep=False) for k, v in coords.items()}, indexes=dict(indexes),
+        name="similarity", fastpath=True,
     )
 
 
-_vector_jit = jax.jit(vector_similarity, static_argnames="method")
+def _names(x: Any, n: int) -> tuple[str, ...]:
+    names = _coord_values(x, "rdm_name") if isinstance(x, xr.Dataset | xr.DataArray) else None
+    if names is not None:
+        return tuple(map(str, np.atleast_1d(names).tolist()))
+    return tuple(map(str, range(n)))
 
 
-def _names(x: Any, n: int) -> np.ndarray:
-    if isinstance(x, xr.Dataset | xr.DataArray) and "rdm_name" in x.coords:
-        return np.asarray(x["rdm_name"]).astype(str)
-    return np.asarray([str(i) for i in range(n)])
+def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    # XLA's CPU client reads C-contiguous, 64-byte aligned host buffers in place and copies
+    # any other (as long as the arithmetic for small RDM sets)
+    size = int(np.prod(shape))
+    buf = np.empty(size + 8)
+    start = (-buf.ctypes.data % 64) // buf.itemsize
+    return buf[start:start + size].reshape(shape)
+
+
+def _aligned(x: np.ndarray) -> np.ndarray:
+    """``x`` in a C-contiguous, 64-byte aligned float64 buffer (a copy unless it is one)."""
+    if x.flags.c_contiguous and x.ctypes.data % 64 == 0:
+        return x
+    out = _aligned_empty(x.shape)
+    out[...] = x
+    return out
+
+
+def _upper_vectors(x: np.ndarray) -> np.ndarray:
+    """The upper triangles ``(n_rdm, p)`` of square RDMs, gathered into an aligned buffer."""
+    flat = _triu_flat(x.shape[-1])
+    out = _aligned_empty((x.shape[0], len(flat)))
+    np.take(x.reshape(x.shape[0], -1), flat, axis=1, out=out, mode="clip")  # unbuffered
+    return out
+
+
+@lru_cache(maxsize=32)
+def _triu_flat(n: int) -> np.ndarray:
+    iu, ju = _triu(n)
+    flat = iu * n + ju
+    flat.flags.writeable = False
+    return flat
+
+
+@lru_cache(maxsize=32)
+def _all_pairs(p: int) -> np.ndarray:
+    mask = np.ones(p, bool)
+    mask.flags.writeable = False
+    return mask

@@ -125,23 +125,36 @@ def as_rdms(x: Any, name: str = "rdms") -> tuple[np.ndarray, np.ndarray | None]:
     InputDataError
         Non-square or asymmetric matrices, NaN entries, or fewer than 3 stimuli.
     """
+    values, ids = _rdm_array(x, name, copy=True)  # a copy: callers' buffers are never touched
+    _check_rdm_values(values, name)
+    return values, ids
+
+
+def _rdm_array(x: Any, name: str, copy: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The float64 ``(n_rdm, n, n)`` values and stimulus ids of RDMs, shapes checked only.
+
+    Reads xarray inputs through their variables (the DataArray accessors cost more than the
+    comparisons of small RDMs); without ``copy`` float64 input is not copied.
+    """
     ids = None
     if isinstance(x, xr.Dataset):
-        if "dissimilarity" not in x:
+        if "dissimilarity" not in x.variables:
             raise InputDataError(
                 f"{name} is a Dataset without a 'dissimilarity' variable; build it with "
                 "neurodata.models.rsa.rdm_dataset."
             )
-        x = x["dissimilarity"]
-    if isinstance(x, xr.DataArray):
-        if "stimulus_id" in x.coords:
-            ids = np.asarray(x["stimulus_id"])
-        elif "stimulus" in x.coords:
-            ids = np.asarray(x["stimulus"])
-        if x.ndim == 3 and x.dims[0] != "rdm":
-            x = x.transpose("rdm", ...)
-        x = x.values
-    values = np.array(x, dtype=np.float64)  # a copy: callers' buffers are never touched
+        var = x.variables["dissimilarity"]
+    elif isinstance(x, xr.DataArray):
+        var = x.variable
+    if isinstance(x, xr.Dataset | xr.DataArray):
+        for key in ("stimulus_id", "stimulus"):
+            ids = _coord_values(x, key)
+            if ids is not None:
+                break
+        if var.ndim == 3 and var.dims[0] != "rdm":
+            var = var.transpose("rdm", ...)
+        x = var.values
+    values = np.array(x, dtype=np.float64, copy=copy or None)
     if values.ndim == 2:
         values = values[None]
     if values.ndim != 3 or values.shape[1] != values.shape[2]:
@@ -153,6 +166,18 @@ def as_rdms(x: Any, name: str = "rdms") -> tuple[np.ndarray, np.ndarray | None]:
         raise InputDataError(
             f"{name} has {values.shape[1]} stimuli; RDM comparisons need at least 3."
         )
+    return values, ids
+
+
+def _coord_values(x: xr.Dataset | xr.DataArray, key: str) -> np.ndarray | None:
+    # Dataset.coords.variables builds a dict of every variable on each access
+    if key not in x.coords:
+        return None
+    return (x.variables if isinstance(x, xr.Dataset) else x.coords.variables)[key].values
+
+
+def _check_rdm_values(values: np.ndarray, name: str) -> None:
+    """Raise on NaN or infinite entries and on asymmetric matrices."""
     # fast paths first (a finite sum, exact symmetry): most RDMs pass them in one pass each
     if not np.isfinite(values.sum()) and not np.all(np.isfinite(values)):
         raise InputDataError(
@@ -166,7 +191,6 @@ def as_rdms(x: Any, name: str = "rdms") -> tuple[np.ndarray, np.ndarray | None]:
             f"{name} holds asymmetric matrices; RDMs must be symmetric "
             "(symmetrise with (D + D.T) / 2 if the asymmetry is numerical noise)."
         )
-    return values, ids
 
 
 @lru_cache(maxsize=32)
