@@ -142,6 +142,26 @@ def test_dissimilarities_match_rsatoolbox(rng, method):
 
 
 @pytest.mark.reference
+def test_crossnobis_dense_precision_over_channel_blocks(rng):
+    # a dense precision is multiplied block by block (1024 channels) over its upper block
+    # triangle only: 1100 channels give one full block, the remainder and one cross block
+    p = 1100
+    x = rng.normal(size=(3, 6, p))
+    prec = rsa.precision_from_residuals(rng.normal(size=(30, p)))
+    ds = Dataset(x.reshape(-1, p), obs_descriptors={"stim": np.tile(np.arange(6), 3),
+                                                    "fold": np.repeat(np.arange(3), 6)})
+    ref = rsatoolbox.rdm.calc_rdm(ds, method="crossnobis", descriptor="stim",
+                                  cv_descriptor="fold", noise=prec).get_vectors()[0]
+    ours = rsa.calc_rdm(x, "crossnobis", precision=prec)["dissimilarity"].values[0]
+    np.testing.assert_allclose(squareform(ours, checks=False), ref, rtol=0,
+                               atol=1e-10 * np.abs(ref).max())
+    bad = prec.copy()
+    bad[0, 5] += 1.0  # row 0 is among the checked rows
+    with pytest.raises(InputDataError, match="precision is not symmetric"):
+        rsa.calc_rdm(x, "crossnobis", precision=bad)
+
+
+@pytest.mark.reference
 def test_precisions_match_rsatoolbox(rng):
     from rsatoolbox.data.noise import prec_from_residuals
     res = rng.normal(size=(40, 12)) @ rng.normal(size=(12, 12))
