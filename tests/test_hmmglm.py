@@ -13,7 +13,13 @@ from neurodata.models._jax.basis import (
     filter_history,
     raised_cosine_log_basis,
 )
-from neurodata.models.hmmglm import HMMGLM, match_states, select_n_states, simulate
+from neurodata.models.hmmglm import (
+    HMMGLM,
+    edge_classes,
+    match_states,
+    select_n_states,
+    simulate,
+)
 
 S, N = 3, 20
 N_TRAIN = 16
@@ -32,7 +38,9 @@ def fitted(sim):
     return {
         "none": HMMGLM(S, prior="none", **FIT).fit(train),
         "gaussian": HMMGLM(S, prior="gaussian", **FIT).fit(train),
-        "onehot": HMMGLM(S, prior="onehot", **{**FIT, "max_iter": 150}).fit(train),
+        # 30 one-hot EM iterations after the Gaussian warm start: on 4 simulator seeds 60
+        # gave the same states, edges and F1 (bits/spike within 1e-4).
+        "onehot": HMMGLM(S, prior="onehot", **{**FIT, "max_iter": 30}).fit(train),
     }
 
 
@@ -41,13 +49,6 @@ def _aligned(model, train, truth):
     states = truth["states"][:N_TRAIN]
     perm = match_states(states, proba)
     return perm, states, proba
-
-
-def _edge_classes(model):
-    g = model.global_structure_.values
-    if g.ndim == 3:  # class probabilities
-        return g.argmax(-1) - 1
-    return np.where(np.abs(g) > 0.3, np.sign(g), 0).astype(int)
 
 
 @pytest.mark.parametrize("prior", ["none", "gaussian", "onehot"])
@@ -72,20 +73,30 @@ def test_weight_recovery(sim, fitted, prior):
 
 def test_onehot_prior_recovers_adjacency_better(sim, fitted):
     train, _, truth = sim
+    edges = {p: edge_classes(m) for p, m in fitted.items()}
     true = truth["global_adjacency"].ravel()
-    f1 = {p: f1_score(true, _edge_classes(fitted[p]).ravel(), average="macro")
-          for p in ("none", "onehot")}
-    assert f1["onehot"] > f1["none"], f1
-    # Per-state 3-class edges after state matching: the hardened one-hot weights carry the
-    # class in their sign; free weights are thresholded like the global mean. Over 4
-    # simulator seeds the one-hot margin was 0.078-0.093; assert half of it.
+
+    def f1(x):
+        return f1_score(true, x.values.ravel(), average="macro")
+
+    # Global 3-class edges. Each model's own read-out (one-hot: argmax of the class
+    # probabilities; none: the state mean thresholded at 0.3) and the same majority vote of
+    # per-state classes for both. The one-hot's class probabilities are that vote of its
+    # saturated relaxed adjacencies.
+    own = {p: f1(e.global_edges) for p, e in edges.items()}
+    vote = {p: f1(e.vote_edges) for p, e in edges.items()}
+    assert own["onehot"] > own["none"], own
+    assert vote["onehot"] > vote["none"], vote
+    agree = np.mean(edges["onehot"].global_edges.values == edges["onehot"].vote_edges.values)
+    assert agree >= 0.99, agree
+    # Per-state 3-class edges after state matching. Over 4 simulator seeds the one-hot
+    # margin was 0.074-0.098; assert about half of the smallest.
     per_state = {}
     for p in ("none", "onehot"):
         perm, _, _ = _aligned(fitted[p], train, truth)
-        w = fitted[p].coupling_.values.sum(-1)[perm]
-        cls = np.sign(w) if p == "onehot" else np.where(np.abs(w) > 0.3, np.sign(w), 0)
+        cls = edges[p].state_edges.values[perm]
         per_state[p] = f1_score(truth["adjacency"].ravel(), cls.ravel(), average="macro")
-    assert per_state["onehot"] >= per_state["none"] + 0.04, per_state
+    assert per_state["onehot"] >= per_state["none"] + 0.035, per_state
 
 
 def test_heldout_bits_per_spike_ordering(sim, fitted):

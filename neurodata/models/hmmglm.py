@@ -54,7 +54,8 @@ from neurodata.models._jax.hmm import (
 )
 from neurodata.models._jax.loop import iterate, make_chunk_runner
 
-__all__ = ["HMMGLM", "simulate", "select_n_states", "match_states", "bits_per_spike"]
+__all__ = ["HMMGLM", "simulate", "select_n_states", "match_states", "edge_classes",
+           "bits_per_spike"]
 
 PRIORS = ("none", "gaussian", "onehot")
 LINKS = ("softplus", "sigmoid", "exp")
@@ -1020,6 +1021,60 @@ def match_states(true_states: np.ndarray, proba: np.ndarray) -> np.ndarray:
     perm = np.zeros(s, int)
     perm[rows] = cols
     return perm
+
+
+def edge_classes(model: HMMGLM, *, threshold: float = 0.3) -> xr.Dataset:
+    """3-class edges (-1 inhibitory, 0 none, 1 excitatory) read off a fitted model.
+
+    Per state, the one-hot prior's hardened weights carry their class in their sign; free
+    and Gaussian-prior weights (summed over the basis) are edges where ``|w| > threshold``.
+    Two global read-outs:
+
+    - ``global_edges``, the model's own global structure: the argmax of the one-hot class
+      probabilities, or the thresholded global mean (Gaussian) or state mean (none);
+    - ``vote_edges``, a majority vote of the per-state classes with the one-hot prior's
+      sparse pseudo-count (0.1, 0.8, 0.1). It is the rule the one-hot prior's closed-form
+      class probabilities apply to its (saturated) relaxed adjacencies, so it reads every
+      prior's global structure the same way.
+
+    Parameters
+    ----------
+    model
+        A fitted :class:`HMMGLM`.
+    threshold
+        Edge threshold on free weights (the one-hot prior needs none).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``state_edges (state, post, pre)``, ``global_edges (post, pre)`` and
+        ``vote_edges (post, pre)``, integers in {-1, 0, 1}.
+
+    Examples
+    --------
+    >>> from neurodata.models.hmmglm import HMMGLM, edge_classes, simulate
+    >>> ds, _ = simulate(n_states=2, n_neurons=3, n_time=100, n_trials=2, seed=0)
+    >>> model = HMMGLM(2, link="sigmoid", max_iter=2, n_restarts=1).fit(ds)
+    >>> edge_classes(model).state_edges.dims
+    ('state', 'post', 'pre')
+    """
+    model._check_fitted()
+    w = model.coupling_.sum("basis")
+
+    def classes(x):
+        return xr.where(np.abs(x) > threshold, np.sign(x), 0).astype(int)
+
+    if model.prior == "onehot":
+        state_edges = np.sign(w).astype(int)
+        glob = model.global_structure_.argmax("edge_class") - 1
+    else:
+        state_edges = classes(w)
+        glob = classes(model.global_structure_)
+    counts = xr.concat([(state_edges == c).sum("state") for c in (-1, 0, 1)], "edge_class")
+    pseudo = xr.DataArray(np.asarray(_SPARSE_PSEUDO), dims="edge_class")
+    vote = (counts + pseudo).argmax("edge_class") - 1
+    return xr.Dataset({"state_edges": state_edges, "global_edges": glob.astype(int),
+                       "vote_edges": vote.astype(int)}, attrs={"threshold": threshold})
 
 
 # --------------------------------------------------------------------------- simulator
