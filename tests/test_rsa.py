@@ -57,6 +57,46 @@ def test_comparators_match_rsatoolbox_on_92_images(data92, method):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6 * scale)
 
 
+def test_compare_output_and_input_forms(data92):
+    # the labelled output is built from cached indexes: it must equal a plainly built one,
+    # and results must not share attrs; every input layout gives the same numbers
+    import xarray as xr
+    brain, models = data92
+    sim = rsa.compare(brain, models, "corr")
+    expected = xr.DataArray(sim.values, dims=("rdm_a", "rdm_b"),
+                            coords={"rdm_a": brain["rdm_name"].values.astype(str),
+                                    "rdm_b": models["rdm_name"].values.astype(str)},
+                            name="similarity", attrs={"method": "corr"})
+    xr.testing.assert_identical(sim, expected)
+    sim.attrs["note"] = 1
+    sim["rdm_a"].attrs["note"] = 1
+    again = rsa.compare(brain, models, "corr")
+    assert "note" not in again.attrs and "note" not in again["rdm_a"].attrs
+    assert float(again.sel(rdm_a=str(brain["rdm_name"].values[0]), rdm_b="animacy")) == float(
+        sim[0, 0])
+    a = brain["dissimilarity"].values[:3]
+    b = models["dissimilarity"].values[:2]
+    ref = rsa.compare(a, b, "spearman").values
+    swapped = brain["dissimilarity"].isel(rdm=slice(0, 3)).transpose("stimulus", "stimulus_",
+                                                                     "rdm")
+    strided = np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)  # a, not C-order
+    for x in (np.asfortranarray(a), strided, swapped):
+        np.testing.assert_array_equal(rsa.compare(x, b, "spearman").values, ref)
+    f32 = a.astype(np.float32)
+    np.testing.assert_allclose(rsa.compare(f32, b, "cosine").values,
+                               rsa.compare(f32.astype(float), b, "cosine").values, atol=0)
+    # asymmetry within rounding is accepted (the upper triangle is used), inf anywhere is not
+    near = a.copy()
+    near[:, 0, 1] *= 1 + 1e-12
+    np.testing.assert_allclose(rsa.compare(near, b, "cosine").values,
+                               rsa.compare(a, b, "cosine").values, atol=1e-10)
+    for i, j in ((1, 0), (2, 2)):
+        bad = a.copy()
+        bad[0, i, j] = np.inf
+        with pytest.raises(InputDataError, match="rdms_b holds NaN or infinite"):
+            rsa.compare(b, bad, "corr")
+
+
 @pytest.mark.reference
 @pytest.mark.parametrize("n", [4, 41])
 def test_kendall_taus_equal_scipy_with_and_without_ties(rng, n):

@@ -67,26 +67,29 @@ def _count_below(srt: jax.Array, q: jax.Array, strict: bool = True) -> jax.Array
     return lo
 
 
-def masked_ranks(v: jax.Array, mask: jax.Array) -> jax.Array:
+def masked_ranks(v: jax.Array, mask: jax.Array | None) -> jax.Array:
     """Average (tie-aware) ranks, starting at 1, of the masked entries of each row of ``v``.
 
     Entries outside the mask get rank 0; the ranks of the others equal
-    ``scipy.stats.rankdata`` on the masked entries alone.
+    ``scipy.stats.rankdata`` on the masked entries alone (``mask=None``: all entries).
     """
     # the average rank of x is #below + (#equal + 1) / 2 among the masked entries; #equal is
     # a histogram of the low ranks. Masked-out entries get the largest key, which no finite
     # value reaches
-    keys = jnp.where(mask, _order_keys(v), jnp.iinfo(jnp.int64).max)
+    keys = _order_keys(v)
+    if mask is not None:
+        keys = jnp.where(mask, keys, jnp.iinfo(jnp.int64).max)
     below = _count_below(jnp.sort(keys, -1), keys)
     flat = below.reshape(-1, below.shape[-1])
     equal = jax.vmap(lambda r: jnp.zeros(r.shape, jnp.int32).at[r].add(1)[r])(flat)
     ranks = below + (equal.reshape(below.shape) + 1).astype(v.dtype) / 2
-    return jnp.where(mask, ranks, 0.0)
+    return ranks if mask is None else jnp.where(mask, ranks, 0.0)
 
 
-def _masked_cosine(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
-    a = a * w
-    b = b * w
+def _masked_cosine(a: jax.Array, b: jax.Array, w: jax.Array | None) -> jax.Array:
+    if w is not None:  # without a mask the products by ones cost as much as the rest
+        a = a * w
+        b = b * w
     num = a @ b.T
     na = jnp.sqrt(jnp.sum(a * a, -1))
     nb = jnp.sqrt(jnp.sum(b * b, -1))
@@ -95,11 +98,15 @@ def _masked_cosine(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def _masked_center(a: jax.Array, w: jax.Array) -> jax.Array:
+def _masked_center(a: jax.Array, w: jax.Array | None) -> jax.Array:
+    if w is None:
+        return a - a.mean(-1, keepdims=True)
     return (a - jnp.sum(a * w, -1, keepdims=True) / jnp.sum(w)) * w
 
 
-def vector_similarity(a: jax.Array, b: jax.Array, mask: jax.Array, method: str) -> jax.Array:
+def vector_similarity(
+    a: jax.Array, b: jax.Array, mask: jax.Array | None, method: str
+) -> jax.Array:
     """All-pairs similarity of RDM vectors ``a (n_a, p)`` and ``b (n_b, p)`` over masked pairs.
 
     Parameters
@@ -107,7 +114,7 @@ def vector_similarity(a: jax.Array, b: jax.Array, mask: jax.Array, method: str) 
     a, b
         Condensed RDM vectors (upper triangles).
     mask
-        Boolean ``(p,)``: the pairs that enter the comparison.
+        Boolean ``(p,)``: the pairs that enter the comparison (``None``: all).
     method
         ``cosine``, ``corr``, ``spearman`` or ``rho-a``.
 
@@ -116,7 +123,7 @@ def vector_similarity(a: jax.Array, b: jax.Array, mask: jax.Array, method: str) 
     jax.Array
         ``(n_a, n_b)``.
     """
-    w = mask.astype(a.dtype)
+    w = None if mask is None else mask.astype(a.dtype)
     if method == "cosine":
         return _masked_cosine(a, b, w)
     if method == "corr":
@@ -128,12 +135,14 @@ def vector_similarity(a: jax.Array, b: jax.Array, mask: jax.Array, method: str) 
     return rank_similarity(masked_ranks(a, mask), masked_ranks(b, mask), mask, method)
 
 
-def rank_similarity(ra: jax.Array, rb: jax.Array, mask: jax.Array, method: str) -> jax.Array:
+def rank_similarity(
+    ra: jax.Array, rb: jax.Array, mask: jax.Array | None, method: str
+) -> jax.Array:
     """Spearman or rho-a from masked ranks (:func:`masked_ranks`) computed once."""
-    w = mask.astype(ra.dtype)
+    w = None if mask is None else mask.astype(ra.dtype)
     if method == "spearman":
         return _masked_cosine(_masked_center(ra, w), _masked_center(rb, w), w)
-    n = jnp.sum(w)
+    n = ra.shape[-1] if w is None else jnp.sum(w)
     return 12.0 * (_masked_center(ra, w) @ _masked_center(rb, w).T) / (n**3 - n)
 
 
@@ -272,7 +281,7 @@ def _cov_weighted(da: jax.Array, db: jax.Array, centre: bool = False) -> jax.Arr
     gb = _second_moment(db)
     va = ga.reshape(ga.shape[0], -1)
     vb = gb.reshape(gb.shape[0], -1)
-    return _masked_cosine(va, vb, jnp.ones(va.shape[1], va.dtype))
+    return _masked_cosine(va, vb, None)
 
 
 @jax.jit
@@ -382,19 +391,16 @@ def compare(
         )
     # nothing below writes into a or b (they may be the callers' buffers); numpy goes into
     # the jitted kernels directly, which converts it faster than separate jnp.asarray calls
-    sim = None
     if method in _VECTOR:
-        va, vb = _upper_vectors(a), _upper_vectors(b)
-        sim = _vector_jit(va, vb, _all_pairs(va.shape[1]), method)
-    elif method in ("corr_cov", "cosine_cov") and sigma_k is None:
-        sim = _cov_weighted(_aligned(a), _aligned(b), centre=method == "corr_cov")
-    # JAX dispatches asynchronously: these checks run while the kernel above computes (an
-    # error discards its result)
-    _check_rdm_values(a, "rdms_a")
-    _check_rdm_values(b, "rdms_b")
+        sim = _vector_jit(_checked_upper(a, "rdms_a"), _checked_upper(b, "rdms_b"), None, method)
+    else:
+        _check_rdm_values(a, "rdms_a")
+        _check_rdm_values(b, "rdms_b")
+        if method in ("corr_cov", "cosine_cov") and sigma_k is None:
+            sim = _cov_weighted(_aligned(a), _aligned(b), centre=method == "corr_cov")
+        else:
+            sim = _other_comparator(a, b, method, sigma_k)
     names = _names(rdms_a, a.shape[0]), _names(rdms_b, b.shape[0])
-    if sim is None:
-        sim = _other_comparator(a, b, method, sigma_k)
     return _labelled(np.asarray(sim), *names, method)
 
 
@@ -478,16 +484,26 @@ def _upper_vectors(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _checked_upper(x: np.ndarray, name: str) -> np.ndarray:
+    """:func:`_upper_vectors` of RDMs whose values pass :func:`_check_rdm_values`.
+
+    Equal upper and lower triangles, a finite upper triangle and a finite diagonal prove
+    the check, in fewer passes over the matrices than the check itself; anything else
+    goes through it (for its error, or to accept asymmetry within rounding).
+    """
+    upper = _upper_vectors(x)
+    lower = np.take(x.reshape(x.shape[0], -1), _triu_flat(x.shape[-1], lower=True), axis=1,
+                    mode="clip")
+    if not (np.isfinite(upper.sum()) and np.isfinite(x.diagonal(0, 1, 2).sum())
+            and np.array_equal(upper, lower)):
+        _check_rdm_values(x, name)
+    return upper
+
+
 @lru_cache(maxsize=32)
-def _triu_flat(n: int) -> np.ndarray:
+def _triu_flat(n: int, lower: bool = False) -> np.ndarray:
+    # row-major offsets of the upper triangle's entries (lower: of their mirror images)
     iu, ju = _triu(n)
-    flat = iu * n + ju
+    flat = ju * n + iu if lower else iu * n + ju
     flat.flags.writeable = False
     return flat
-
-
-@lru_cache(maxsize=32)
-def _all_pairs(p: int) -> np.ndarray:
-    mask = np.ones(p, bool)
-    mask.flags.writeable = False
-    return mask
