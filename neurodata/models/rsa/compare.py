@@ -13,6 +13,11 @@ tau-a and tau-b count discordant pairs exactly in O(p^1.5) per RDM pair, not O(p
 RDM is ranked once, each pair sorts integer keys (at most once where one side has no ties,
 not at all where neither has) and counts the inversions of a permutation by square-root
 decomposition (fused block comparisons plus a block x bucket histogram).
+
+:func:`compare` on a few RDMs costs about as much in bookkeeping as in arithmetic, so it
+reads xarray inputs through their variables, gathers the upper triangles on the host into
+64-byte aligned buffers (which XLA's CPU client reads in place), checks symmetry on the
+gathered triangles and builds the labelled output from indexes cached per set of names.
 """
 
 from __future__ import annotations
