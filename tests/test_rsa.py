@@ -299,6 +299,10 @@ def test_bad_inputs_raise(rng):
                      folds=np.r_[np.zeros(6), np.ones(5), 0])
     with pytest.raises(InputDataError, match="at least 2 folds"):
         rsa.calc_rdm(x, "crossnobis", stimuli=np.arange(12) % 6, folds=np.zeros(12))
+    # every stimulus in 2 folds, but stimuli 0 and 1 together in fold 1 only
+    with pytest.raises(InputDataError, match="pairs are measured together in fewer than 2"):
+        rsa.calc_rdm(x[:7], "crossnobis", stimuli=[0, 2, 0, 1, 2, 1, 2],
+                     folds=[0, 0, 1, 1, 1, 2, 2])
     with pytest.raises(InputDataError, match="NaN"):
         rsa.calc_rdm(np.full((4, 3), np.nan))
     with pytest.raises(InputDataError, match="at least 3"):

@@ -82,14 +82,30 @@ def run(out: Path) -> list[dict]:
                                     stimulus_id=ids),
              "mIT": rsa.rdm_dataset(monkey["dissimilarity"].values, stimulus_id=ids)}
     amap = rsa.layer_area_map(areas, layers, n_subsamples=20, key=jax.random.key(2))
+    candidates = rsa.rdm_dataset(
+        np.concatenate([models["dissimilarity"].values]
+                       + [v["dissimilarity"].values for v in layers.values()]),
+        rdm_name=[*models["rdm_name"].values.astype(str), *(f"CNN {k}" for k in layers)],
+        stimulus_id=ids)
+    both = rsa.dual_bootstrap(candidates, brain.drop_vars("image"), key=jax.random.key(4),
+                              subjects=brain["subject"].values, n_bootstrap=300)
+    mit_r = rsa.compare(monkey, candidates, "corr").values[0]
+    cells = "".join(f"<td>{html.escape(str(name))}<br>{r:.3f}</td>"
+                    for name, r in zip(candidates["rdm_name"].values, mit_r, strict=True))
     sections.append({
         "title": "Digits CNN layers vs IT (pipeline check)",
         "text": (f"Three CNNs (accuracy on held-out digits {np.round(acc, 2).tolist()}) run "
                  "on the 92 images converted to 8 x 8 grayscale. Layer RDMs (mean over seeds) "
                  "against hIT / mIT, Pearson; numbers are how often each layer wins over 20 "
-                 "subsamples of 80 % of the stimuli. Digit networks are not models of IT: "
-                 "this checks the plumbing, not a scientific claim."),
-        "figures": [_save(ndplot.layer_area_heatmap(amap), folder / "layer_area_map.png")],
+                 "subsamples of 80 % of the stimuli. The second figure adds the layers to the "
+                 "hIT model comparison (dual bootstrap, N = 300); the table gives the "
+                 "correlations with the single mIT RDM (one animal: no bootstrap over "
+                 "subjects, no noise ceiling). Digit networks are not models of IT: "
+                 "this checks the plumbing, not a scientific claim."
+                 f"<table><tr>{cells}</tr></table>"),
+        "figures": [_save(ndplot.layer_area_heatmap(amap), folder / "layer_area_map.png"),
+                    _save(ndplot.model_comparison_bars(both, significant=rsa.pairwise_tests(
+                        both)), folder / "model_comparison_cnn.png")],
     })
 
     # 3. topological RSA: layer identification under noise -----------------------------
