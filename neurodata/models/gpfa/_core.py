@@ -164,29 +164,61 @@ class HalfFactor(NamedTuple):
     """``log|K| + log|M|`` of the half."""
 
 
-_BASE = 256
+_BASE = 64
 """Below this size :func:`inv_cholesky` factorises directly (LAPACK)."""
+
+
+def _t(x: jnp.ndarray) -> jnp.ndarray:
+    return jnp.swapaxes(x, -1, -2)
+
+
+def _times_upper(x: jnp.ndarray, u: jnp.ndarray, depth: int = 2) -> jnp.ndarray:
+    """``x @ u`` for upper-triangular ``u``.
+
+    Skips the zero lower-left block ``depth`` levels deep (a product with a triangle costs
+    half a dense one).
+    """
+    n = u.shape[-1]
+    if depth == 0 or n < 2 * _BASE:
+        return x @ u
+    s = n // 2
+    left = _times_upper(x[..., :s], u[..., :s, :s], depth - 1)
+    return jnp.concatenate([left, x @ u[..., :, s:]], axis=-1)
+
+
+def _upper_times(u: jnp.ndarray, x: jnp.ndarray, depth: int = 2) -> jnp.ndarray:
+    """``u @ x`` for upper-triangular ``u`` (see :func:`_times_upper`)."""
+    n = u.shape[-1]
+    if depth == 0 or n < 2 * _BASE:
+        return u @ x
+    s = n // 2
+    bottom = _upper_times(u[..., s:, s:], x[..., s:, :], depth - 1)
+    return jnp.concatenate([u[..., :s, :] @ x, bottom], axis=-2)
 
 
 def inv_cholesky(a: jnp.ndarray) -> jnp.ndarray:
     """Upper-triangular ``U`` with ``a^{-1} = U U'`` (``U = L^{-T}`` for ``a = L L'``).
 
     2 x 2 block recursion: ``U11`` from the leading block, ``L21 = a21 U11``, ``U22`` from
-    the Schur complement ``a22 - L21 L21'`` and ``U12 = -U11 L21' U22``. About ``4 m^3 / 3``
-    flops, all but the small leading factorisations in matrix products, which XLA runs
-    several times faster per flop than LAPACK's Cholesky and triangular inverse (measured
-    17 against 21 ms for both at ``m = 800`` on one core). EM needs ``M^{-1}``'s blocks and
-    solves, never ``L`` itself.
+    the Schur complement ``a22 - L21 L21'`` and ``U12 = -U11 L21' U22``; the products with
+    the triangular factors skip their zero blocks. About ``m^3`` flops, all but the small
+    leading factorisations in matrix products, which XLA runs several times faster per flop
+    than LAPACK's triangular inverse (measured at ``m = 800`` on one core: 13 ms, against
+    18 ms for the triangular solve alone). EM needs ``a^{-1}``'s blocks and solves, never
+    ``L`` itself. Leading axes are a batch.
     """
-    m = a.shape[0]
+    m = a.shape[-1]
     if m <= _BASE:
-        return solve_triangular(psd_cholesky(a), jnp.eye(m), lower=True).T
+        eye = jnp.broadcast_to(jnp.eye(m), a.shape)
+        return _t(solve_triangular(psd_cholesky(a), eye, lower=True))
     s = m // 2
-    u11 = inv_cholesky(a[:s, :s])
-    l21 = a[s:, :s] @ u11
-    u22 = inv_cholesky(a[s:, s:] - l21 @ l21.T)
-    u12 = -u11 @ (l21.T @ u22)
-    return jnp.block([[u11, u12], [jnp.zeros((m - s, s)), u22]])
+    u11 = inv_cholesky(a[..., :s, :s])
+    l21 = _times_upper(a[..., s:, :s], u11)
+    u22 = inv_cholesky(a[..., s:, s:] - l21 @ _t(l21))
+    u12 = -_upper_times(u11, _times_upper(_t(l21), u22))
+    zeros = jnp.zeros(a.shape[:-2] + (m - s, s))
+    return jnp.concatenate([jnp.concatenate([u11, u12], axis=-1),
+                            jnp.concatenate([zeros, u22], axis=-1)], axis=-2)
 
 
 def _half_factor(kernels: jnp.ndarray, W: jnp.ndarray) -> HalfFactor:
@@ -201,17 +233,17 @@ def _half_factor(kernels: jnp.ndarray, W: jnp.ndarray) -> HalfFactor:
         z = jnp.zeros
         return HalfFactor(z((0, 0)), z((p, 0, 0)), z((p, p)), z(()))
     m = p * h
-    eye_h = jnp.eye(h)
-    chol_k = psd_cholesky(kernels)
-    k_inv = jax.vmap(lambda c: cho_solve((c, True), eye_h))(chol_k)
-    prec = (jnp.einsum("ij,ts->itjs", W, eye_h)
+    u_k = inv_cholesky(kernels)
+    k_inv = u_k @ _t(u_k)
+    prec = (jnp.einsum("ij,ts->itjs", W, jnp.eye(h))
             + jnp.einsum("ij,its->itjs", jnp.eye(p), k_inv)).reshape(m, m)
     u = inv_cholesky(prec)
     cov_blocks = jnp.stack([u[j * h:(j + 1) * h, j * h:] @ u[j * h:(j + 1) * h, j * h:].T
                             for j in range(p)])
     rows = u.reshape(p, h * m)
     logdet_m = -2.0 * jnp.sum(jnp.log(jnp.diagonal(u)))
-    return HalfFactor(u, cov_blocks, rows @ rows.T, jnp.sum(chol_logdet(chol_k)) + logdet_m)
+    logdet_k = -2.0 * jnp.sum(jnp.log(jnp.diagonal(u_k, axis1=1, axis2=2)))
+    return HalfFactor(u, cov_blocks, rows @ rows.T, logdet_k + logdet_m)
 
 
 class Bucket(NamedTuple):
@@ -257,28 +289,31 @@ def factorise(params: GPFAParams, T: int) -> tuple[HalfFactor, HalfFactor]:
     return tuple(_half_factor(k, W) for k in kernels_for(params, T))
 
 
-def _trial_posterior(params: GPFAParams, factors, ref, y, sum_y, sum_yy):
-    """Posterior mean ``(T, p)`` and marginal log-likelihood of one trial ``y (T, q)``.
+def _trials_posterior(params: GPFAParams, factors, ref, y, sum_y, sum_yy):
+    """Posterior means ``(n, T, p)`` and marginal log-likelihoods ``(n,)`` of trials ``y``.
 
-    Vmapped over trials, the products with ``y`` and the triangular solves become single
-    multi-trial matrix products and solves (JAX folds the trial axis into the columns).
+    The trials of one length share the factor ``U`` of each half, so their means are two
+    matrix products with it: ``H = B U`` (``B`` the trials' ``C' R^-1 (y - d)`` in the
+    half's latent-major order, one row per trial) and ``H U'``; ``||H||^2`` is the
+    quadratic term of the log-likelihood. The products skip ``U``'s zero triangle.
     """
-    T, q = y.shape
+    n, T, q = y.shape
     p = params.C.shape[1]
     w = params.C / params.R[:, None]
     b = y @ w - params.d @ w
     means, quad = [], 0.0
     for f, bh in zip(factors, rotate(b), strict=True):
-        h = bh.shape[0]
+        h = bh.shape[1]
         if h == 0:
-            means.append(jnp.zeros((0, p)))
+            means.append(jnp.zeros((n, 0, p)))
             continue
-        half = bh.T.reshape(p * h) @ f.inv_chol  # latent-major, as the factor
-        quad = quad + half @ half
-        means.append((f.inv_chol @ half).reshape(p, h).T)
+        rows = _times_upper(_t(bh).reshape(n, p * h), f.inv_chol)  # latent-major, as U
+        quad = quad + jnp.sum(rows**2, axis=1)
+        mean = _t(_upper_times(f.inv_chol, _t(rows)))
+        means.append(_t(mean.reshape(n, p, h)))
     logdet = factors[0].logdet + factors[1].logdet
     shift = params.d - ref
-    resid = jnp.sum((sum_yy - 2.0 * shift * sum_y + T * shift**2) / params.R)
+    resid = jnp.sum((sum_yy - 2.0 * shift * sum_y + T * shift**2) / params.R, axis=1)
     loglik = -0.5 * (q * T * _LOG2PI + T * jnp.sum(jnp.log(params.R)) + logdet + resid - quad)
     return unrotate(*means), loglik
 
@@ -288,8 +323,9 @@ def posterior(params: GPFAParams, bucket: Bucket, batch_size: int | None = None
     """Exact GPFA posterior and marginal log-likelihood of the trials of one length.
 
     The precision is factorised once (shared by all trials of one length); the trials are
-    then solved all at once, or ``batch_size`` at a time (``lax.map``: the per-trial
-    intermediates are bounded by the batch, the results identical).
+    then solved all at once, or ``batch_size`` at a time (``lax.map`` over batches, the
+    last one padded with zeros: the per-trial intermediates are bounded by the batch, the
+    results identical).
 
     Examples
     --------
@@ -302,15 +338,21 @@ def posterior(params: GPFAParams, bucket: Bucket, batch_size: int | None = None
     n, T, _ = bucket.y.shape
     p = params.C.shape[1]
     factors = factorise(params, T)
-
-    def one(args):
-        return _trial_posterior(params, factors, bucket.ref, *args)
-
     trials = (bucket.y, bucket.sum_y, bucket.sum_yy)
     if batch_size is None or batch_size >= n:
-        mean, loglik = jax.vmap(one)(trials)
+        mean, loglik = _trials_posterior(params, factors, bucket.ref, *trials)
     else:
-        mean, loglik = lax.map(one, trials, batch_size=int(batch_size))
+        size = int(batch_size)
+        n_batches = -(-n // size)
+
+        def batches(a):
+            a = jnp.pad(a, [(0, n_batches * size - n)] + [(0, 0)] * (a.ndim - 1))
+            return a.reshape((n_batches, size) + a.shape[1:])
+
+        mean, loglik = lax.map(lambda args: _trials_posterior(params, factors, bucket.ref,
+                                                              *args),
+                               tuple(batches(a) for a in trials))
+        mean, loglik = mean.reshape((-1, T, p))[:n], loglik.reshape(-1)[:n]
     diag = [jnp.swapaxes(jnp.diagonal(f.cov_blocks, axis1=1, axis2=2), 0, 1) for f in factors]
     var = jnp.broadcast_to(unrotate_variance(diag[0], diag[1]), (n, T, p))
     return BucketPosterior(mean, var, loglik, factors)
@@ -335,16 +377,40 @@ def timescale_objective(log_gamma, eps, stats):
     return total
 
 
+def _lag_tables(T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Squared lags and weights that build the stacked rotated halves of a stationary matrix.
+
+    ``A_half = w_near[half] v(near) + w_far[half] v(far)`` with the near lags ``a - b`` and
+    the far lags ``a - (T - 1 - b)``: the same blocks as :func:`_split_lags` followed by
+    :func:`stack_halves` (the middle bin of odd ``T`` in the symmetric half; the
+    antisymmetric half's padding bin at lag 0 with weight 1, so that a kernel gets 1 there
+    and its derivatives 0). The kernel is then evaluated elementwise (no gathers). Returns
+    ``near, far (hs, hs)`` and ``weights (2, 2, hs, hs)`` as ``[near/far, half]``.
+    """
+    h, hs = T // 2, T - T // 2
+    a = np.arange(h)
+    near, far, w = np.zeros((hs, hs)), np.zeros((hs, hs)), np.zeros((2, 2, hs, hs))
+    near[:h, :h] = (a[:, None] - a[None, :]) ** 2
+    far[:h, :h] = (a[:, None] + a[None, :] - (T - 1)) ** 2
+    w[0, :, :h, :h] = 1.0
+    w[1, 0, :h, :h], w[1, 1, :h, :h] = 1.0, -1.0
+    if T % 2:
+        near[:h, h] = near[h, :h] = (a - h) ** 2
+        w[0, 0, :h, h] = w[0, 0, h, :h] = _SQRT2
+        w[0, :, h, h] = 1.0
+    return near, far, w
+
+
 def _kernel_derivatives(log_gamma, eps, T: int, which: str):
     """Stacked rotated ``(K, dK, d2K)`` with respect to ``log gamma`` or ``logit eps``."""
-    u = -0.5 * jnp.exp(log_gamma) * _lags(T) ** 2
-    e = jnp.exp(u)
-
-    def halves(values, pad):
-        return stack_halves(*_split_lags(values, T), pad=pad)
-
-    # (-gamma lag^2 / 2)^k exp(-gamma lag^2 / 2), k = 0, 1, 2
-    e0, e1, e2 = halves(e, 1.0), halves(u * e, 0.0), halves(u * u * e, 0.0)
+    near, far, w = _lag_tables(T)
+    gamma = jnp.exp(log_gamma)
+    u_near, u_far = -0.5 * gamma * near, -0.5 * gamma * far
+    e_near, e_far = jnp.exp(u_near), jnp.exp(u_far)
+    # (-gamma lag^2 / 2)^k exp(-gamma lag^2 / 2), k = 0, 1, 2, on both halves
+    e0 = w[0] * e_near + w[1] * e_far
+    e1 = w[0] * (u_near * e_near) + w[1] * (u_far * e_far)
+    e2 = w[0] * (u_near**2 * e_near) + w[1] * (u_far**2 * e_far)
     eye = jnp.eye(e0.shape[-1])
     k = (1.0 - eps) * e0 + eps * eye
     if which == "log_gamma":
@@ -358,30 +424,24 @@ def _objective_derivatives(log_gamma, eps, stats, which: str):
     """Value, first and second derivative of :func:`timescale_objective` in one variable.
 
     ``f' = 0.5 [n tr(A1) - tr(A1 B)]``, ``f'' = 0.5 [n tr(A2) - n tr(A1 A1) + 2 tr(A1 A1 B)
-    - tr(A2 B)]`` with ``A_k = K^-1 dK_k``, ``B = K^-1 P``: ``K^-1`` from its Cholesky
-    factor, then matrix products (several times faster per flop than triangular solves at
-    these sizes), both halves in one batched call.
+    - tr(A2 B)]`` with ``A_k = K^-1 dK_k``, ``B = K^-1 P``. With ``X = K^-1 dK`` and the
+    symmetric ``Z = K^-1 P K^-1`` every trace is an elementwise sum: ``tr(A1 B) = <dK, Z>``,
+    ``tr(A2 B) = <d2K, Z>``, ``tr(A1 A1 B) = <dK X, Z>``, ``tr(A1 A1) = <X, X'>``; so an
+    evaluation is ``K^-1`` (:func:`inv_cholesky`) and four matrix products per half, both
+    halves in one batched call.
     """
     f = g = H = 0.0
     for T, n, pk in stats:
         k, k1, k2 = _kernel_derivatives(log_gamma, eps, T, which)
-        size = k.shape[-1]
-        chol = psd_cholesky(k)
-        u = jnp.swapaxes(solve_triangular(chol, jnp.broadcast_to(jnp.eye(size), k.shape),
-                                          lower=True), -1, -2)
-        k_inv = u @ jnp.swapaxes(u, -1, -2)
-        prod = k_inv @ jnp.concatenate([k1, k2, pk], axis=-1)
-        a1, a2, b = prod[..., :size], prod[..., size:2 * size], prod[..., 2 * size:]
-        bt = jnp.swapaxes(b, -1, -2)
-        a1a1 = a1 @ a1
-
-        def tr(x):
-            return jnp.trace(x, axis1=-2, axis2=-1).sum()
-
-        f = f + 0.5 * (n * jnp.sum(chol_logdet(chol)) + tr(b))
-        g = g + 0.5 * (n * tr(a1) - jnp.sum(a1 * bt))
-        H = H + 0.5 * (n * tr(a2) - n * jnp.sum(a1 * jnp.swapaxes(a1, -1, -2))
-                       + 2 * jnp.sum(a1a1 * bt) - jnp.sum(a2 * bt))
+        u = inv_cholesky(k)
+        k_inv = u @ _t(u)
+        x = k_inv @ k1
+        z = (k_inv @ pk) @ k_inv
+        logdet = -2.0 * jnp.sum(jnp.log(jnp.diagonal(u, axis1=-2, axis2=-1)))
+        f = f + 0.5 * (n * logdet + jnp.sum(k_inv * pk))
+        g = g + 0.5 * (n * jnp.sum(k_inv * k1) - jnp.sum(k1 * z))
+        H = H + 0.5 * (n * jnp.sum(k_inv * k2) - n * jnp.sum(x * _t(x))
+                       + 2 * jnp.sum((k1 @ x) * z) - jnp.sum(k2 * z))
     return f, g, H
 
 
