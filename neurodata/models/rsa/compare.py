@@ -394,8 +394,8 @@ def compare(
             "rdms_a and rdms_b have different stimulus ids (or orders); select and order the "
             "same stimuli in both (e.g. rdms.sel(stimulus=...))."
         )
-    # nothing below writes into a or b (they may be the callers' buffers); numpy goes into
-    # the jitted kernels directly, which converts it faster than separate jnp.asarray calls
+    # nothing below writes into a or b (they may be the callers' buffers, and XLA may read
+    # aligned ones in place until the result is fetched)
     if method in _VECTOR:
         sim = _vector_jit(_checked_upper(a, "rdms_a"), _checked_upper(b, "rdms_b"), None, method)
     else:
@@ -435,7 +435,7 @@ def _other_comparator(a: np.ndarray, b: np.ndarray, method: str, sigma_k: Any) -
 
 
 @lru_cache(maxsize=64)
-def _output_template(names_a: tuple, names_b: tuple, method: str):
+def _output_template(names_a: tuple, names_b: tuple, method: str) -> tuple:
     out = xr.DataArray(
         np.zeros((len(names_a), len(names_b))), dims=("rdm_a", "rdm_b"),
         coords={"rdm_a": np.asarray(names_a), "rdm_b": np.asarray(names_b)},
@@ -465,7 +465,7 @@ def _names(x: Any, n: int) -> tuple[str, ...]:
 
 def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
     # XLA's CPU client reads C-contiguous, 64-byte aligned host buffers in place and copies
-    # any other (as long as the arithmetic for small RDM sets)
+    # any other, which for a few RDMs takes as long as the arithmetic
     size = int(np.prod(shape))
     buf = np.empty(size + 8)
     start = (-buf.ctypes.data % 64) // buf.itemsize
