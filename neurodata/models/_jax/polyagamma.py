@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 _SMALL_C = 1e-3
+_TINY32 = float(jnp.finfo(jnp.float32).tiny)
 
 
 def pg_mean(b: jnp.ndarray, c: jnp.ndarray) -> jnp.ndarray:
@@ -59,15 +60,17 @@ def sample_gamma(key: jax.Array, shape_param: jnp.ndarray, rounds: int = 4) -> j
     d = a1 - 1.0 / 3.0
     cc = 1.0 / jnp.sqrt(9.0 * d)
     kx, ku, kb = jax.random.split(key, 3)
-    x = jax.random.normal(kx, (rounds, *a.shape), a.dtype)
-    u = jax.random.uniform(ku, (rounds, *a.shape), a.dtype, minval=1e-300)
+    # the proposals' variates are float32 (half the random bits of float64, which dominate
+    # the cost); the arithmetic stays in the shape's precision
+    x = jax.random.normal(kx, (rounds, *a.shape), jnp.float32).astype(a.dtype)
+    u = jax.random.uniform(ku, (rounds, *a.shape), jnp.float32, minval=_TINY32).astype(a.dtype)
     v = (1.0 + cc * x) ** 3
     positive = v > 0
     safe_v = jnp.where(positive, v, 1.0)
     ok = positive & (jnp.log(u) < 0.5 * x**2 + d - d * safe_v + d * jnp.log(safe_v))
     first = jnp.argmax(jnp.concatenate([ok[:-1], jnp.ones_like(ok[:1])]), axis=0)
     value = d * jnp.take_along_axis(jnp.maximum(v, 1e-12), first[None], axis=0)[0]
-    ub = jax.random.uniform(kb, a.shape, a.dtype, minval=1e-300)
+    ub = jax.random.uniform(kb, a.shape, jnp.float32, minval=_TINY32).astype(a.dtype)
     return jnp.where(boost, value * ub ** (1.0 / jnp.where(boost, a, 1.0)), value)
 
 
@@ -101,13 +104,12 @@ def sample_pg(key: jax.Array, b: jnp.ndarray, c: jnp.ndarray, n_terms: int = 2) 
     k = jnp.arange(1, n_terms + 1, dtype=b.dtype)
     denom = (k - 0.5) ** 2 + (c[..., None] / (2 * jnp.pi)) ** 2
     weights = 1.0 / (2 * jnp.pi**2 * denom)
-    key_head, key_tail = jax.random.split(key)
-    head_shape = jnp.broadcast_to(b[..., None], denom.shape)
-    head = jnp.sum(weights * sample_gamma(key_head, head_shape), axis=-1)
     tail_mean = pg_mean(b, c) - b * jnp.sum(weights, axis=-1)
     tail_var = pg_variance(b, c) - b * jnp.sum(weights**2, axis=-1)
     tail_mean = jnp.maximum(tail_mean, 1e-300)
     tail_var = jnp.maximum(tail_var, 1e-300)
-    shape = tail_mean**2 / tail_var
-    tail = sample_gamma(key_tail, shape) * (tail_var / tail_mean)
-    return head + tail
+    # one gamma call for the head and the tail (one copy of the sampler to compile)
+    shapes = jnp.concatenate([jnp.broadcast_to(b[..., None], denom.shape),
+                              (tail_mean**2 / tail_var)[..., None]], axis=-1)
+    scales = jnp.concatenate([weights, (tail_var / tail_mean)[..., None]], axis=-1)
+    return jnp.sum(scales * sample_gamma(key, shapes), axis=-1)
