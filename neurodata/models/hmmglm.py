@@ -383,7 +383,9 @@ def _init_params(key, cfg: _Config, n_neurons: int, n_basis: int, rates: np.ndar
     trans = jnp.asarray(trans if s > 1 else np.ones((1, 1)))
     glm = GLMParams(bias, weight, adj_logits, jnp.mean(weight, 0), global_logits,
                     jnp.asarray(np.log(cfg.prior_scale)))
-    return Params(jnp.full(s, 1.0 / s), trans, glm)
+    # Explicit dtypes: a weakly typed leaf would come back strongly typed from the first
+    # EM chunk and make the compiled runner recompile for the second.
+    return Params(jnp.full(s, 1.0 / s, dtype=jnp.float64), trans, glm)
 
 
 def _onehot_from_weights(params: Params, threshold: float = 0.35,
@@ -416,7 +418,7 @@ def _run_em(cfg: _Config, *, params: Params, data: _Data, keys, max_iter: int, t
     """Vmapped EM over restarts; returns the parameters, objectives and convergence flag."""
     step, runner = _em_runner(cfg)
     opt_state = jax.vmap(optax.adam(cfg.learning_rate).init)(params.glm)
-    state = ((params, opt_state, keys), jnp.full(len(keys), -jnp.inf)), data
+    state = ((params, opt_state, keys), jnp.full(len(keys), -jnp.inf, dtype=jnp.float64)), data
     result = iterate(step, state, max_iter=max_iter, tol=tol, desc="HMMGLM",
                      progress=progress, runner=runner)
     return result.state[0][0][0], result.objectives, bool(result.converged)
@@ -511,8 +513,11 @@ def _check_batch_size(batch_size) -> int | None:
 
 
 def _design(seqs: list[np.ndarray], basis: np.ndarray, history_bins: int,
-            batch_size: int | None = None) -> _Data:
-    """Design of the sequences in batches of ``batch_size`` whole sequences (None: one)."""
+            batch_size: int | None = None, length: int = 0) -> _Data:
+    """Design of the sequences in batches of ``batch_size`` whole sequences (None: one).
+
+    Batches are padded to the longest batch, or to ``length`` bins if that is longer.
+    """
     for seq in seqs:
         if seq.shape[0] <= history_bins:
             raise InputDataError(
@@ -521,7 +526,7 @@ def _design(seqs: list[np.ndarray], basis: np.ndarray, history_bins: int,
             )
     size = len(seqs) if batch_size is None else batch_size
     groups = [seqs[i:i + size] for i in range(0, len(seqs), size)]
-    length = max(sum(s.shape[0] for s in g) for g in groups)
+    length = max(length, *(sum(s.shape[0] for s in g) for g in groups))
     n, nb = seqs[0].shape[1], seqs[0].shape[1] * basis.shape[1]
     counts = np.zeros((len(groups), length, n))
     features = np.zeros((len(groups), length, nb))
@@ -748,10 +753,16 @@ class HMMGLM(NeurodataModel):
         size = len(seqs) if size is None else size
         helper = _jitted_helpers(self._config())[which]
         params, basis = self._params(), np.asarray(self.basis_)
+        chunks = [seqs[start:start + size] for start in range(0, len(seqs), size)]
+        # Every batch is padded to the longest, so that batches of unequal length (sessions,
+        # the last partial batch) share one compiled helper; padding rows add nothing to the
+        # log-likelihood and their per-bin outputs are dropped.
+        lengths = [sum(s.shape[0] for s in chunk) for chunk in chunks]
         outs = []
-        for start in range(0, len(seqs), size):
-            data = _design(seqs[start:start + size], basis, self.history_bins)
-            outs.append(np.asarray(helper(params, data)))
+        for chunk, n_bins in zip(chunks, lengths, strict=True):
+            data = _design(chunk, basis, self.history_bins, length=max(lengths))
+            out = np.asarray(helper(params, data))
+            outs.append(out if which == 2 else out[:, :n_bins])
         return seqs, origin, outs
 
     # ------------------------------------------------------------------ fit
