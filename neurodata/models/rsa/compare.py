@@ -15,9 +15,10 @@ not at all where neither has) and counts the inversions of a permutation by squa
 decomposition (fused block comparisons plus a block x bucket histogram).
 
 :func:`compare` on a few RDMs costs about as much in bookkeeping as in arithmetic, so it
-reads xarray inputs through their variables, gathers the upper triangles on the host into
-64-byte aligned buffers (which XLA's CPU client reads in place), checks symmetry on the
-gathered triangles and builds the labelled output from indexes cached per set of names.
+reads xarray inputs through their variables, gathers the upper triangles on the host (into
+64-byte aligned buffers, which XLA's CPU client reads in place), checks symmetry on the
+gathered triangles, computes cosine and Pearson with the same functions on NumPy arrays
+and builds the labelled output from indexes cached per set of names.
 """
 
 from __future__ import annotations
@@ -91,22 +92,29 @@ def masked_ranks(v: jax.Array, mask: jax.Array | None) -> jax.Array:
     return ranks if mask is None else jnp.where(mask, ranks, 0.0)
 
 
+def _xp(a: Any) -> Any:
+    # NumPy arrays stay in NumPy (see compare); jax arrays and tracers use jax.numpy
+    return np if isinstance(a, np.ndarray) else jnp
+
+
 def _masked_cosine(a: jax.Array, b: jax.Array, w: jax.Array | None) -> jax.Array:
+    xp = _xp(a)
     if w is not None:  # without a mask the products by ones cost as much as the rest
         a = a * w
         b = b * w
     num = a @ b.T
-    na = jnp.sqrt(jnp.sum(a * a, -1))
-    nb = jnp.sqrt(jnp.sum(b * b, -1))
+    na = xp.sqrt(xp.sum(a * a, -1))
+    nb = xp.sqrt(xp.sum(b * b, -1))
     den = na[:, None] * nb[None, :]
     # a constant RDM has no direction: rsatoolbox reports 0 for it
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+    return xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0)
 
 
 def _masked_center(a: jax.Array, w: jax.Array | None) -> jax.Array:
     if w is None:
         return a - a.mean(-1, keepdims=True)
-    return (a - jnp.sum(a * w, -1, keepdims=True) / jnp.sum(w)) * w
+    xp = _xp(a)
+    return (a - xp.sum(a * w, -1, keepdims=True) / xp.sum(w)) * w
 
 
 def vector_similarity(
@@ -396,7 +404,13 @@ def compare(
         )
     # nothing below writes into a or b (they may be the callers' buffers, and XLA may read
     # aligned ones in place until the result is fetched)
-    if method in _VECTOR:
+    if method in ("cosine", "corr"):
+        # the functions the bootstrap jits, on NumPy arrays: XLA hands each call to a worker
+        # thread, which for a few RDMs costs more than this arithmetic and stalls for
+        # milliseconds when the cores are busy
+        sim = vector_similarity(_checked_upper(a, "rdms_a", aligned=False),
+                                _checked_upper(b, "rdms_b", aligned=False), None, method)
+    elif method in _VECTOR:
         sim = _vector_jit(_checked_upper(a, "rdms_a"), _checked_upper(b, "rdms_b"), None, method)
     else:
         _check_rdm_values(a, "rdms_a")
@@ -481,22 +495,25 @@ def _aligned(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _upper_vectors(x: np.ndarray) -> np.ndarray:
-    """The upper triangles ``(n_rdm, p)`` of square RDMs, gathered into an aligned buffer."""
+def _upper_vectors(x: np.ndarray, aligned: bool = True) -> np.ndarray:
+    """The upper triangles ``(n_rdm, p)`` of square RDMs (in an aligned buffer for XLA)."""
     flat = _triu_flat(x.shape[-1])
+    rows = x.reshape(x.shape[0], -1)
+    if not aligned:
+        return np.take(rows, flat, axis=1, mode="clip")
     out = _aligned_empty((x.shape[0], len(flat)))
-    np.take(x.reshape(x.shape[0], -1), flat, axis=1, out=out, mode="clip")  # unbuffered
+    np.take(rows, flat, axis=1, out=out, mode="clip")  # clip: unbuffered
     return out
 
 
-def _checked_upper(x: np.ndarray, name: str) -> np.ndarray:
+def _checked_upper(x: np.ndarray, name: str, aligned: bool = True) -> np.ndarray:
     """:func:`_upper_vectors` of RDMs whose values pass :func:`_check_rdm_values`.
 
     Equal upper and lower triangles, a finite upper triangle and a finite diagonal prove
     the check, in fewer passes over the matrices than the check itself; anything else
     goes through it (for its error, or to accept asymmetry within rounding).
     """
-    upper = _upper_vectors(x)
+    upper = _upper_vectors(x, aligned)
     lower = np.take(x.reshape(x.shape[0], -1), _triu_flat(x.shape[-1], lower=True), axis=1,
                     mode="clip")
     if not (np.isfinite(upper.sum()) and np.isfinite(x.diagonal(0, 1, 2).sum())
