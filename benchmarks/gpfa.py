@@ -250,18 +250,20 @@ def _markdown(q, p, n_el, rows, curve, memory, timeout) -> str:
         "",
         *memory,
         "",
-        "Where the time goes (case (b), profiled piece by piece on the shared machine, CPU "
-        "time): the E-step factorises the two half-size (pT/2 = 800) precisions by a "
-        "block-recursive inverse Cholesky (U with M^-1 = U U', matrix products instead of "
-        "LAPACK's Cholesky plus triangular inverse), then reads the latent-diagonal blocks "
-        "and the per-bin covariance sums off U; the posterior means of all trials of one "
-        "length are two matrix products with U. The M-step's timescale update is a vmapped "
-        "Newton iteration on log gamma with a Chebyshev third-order correction (curvature "
-        "change between evaluations), both halves in one batched call, K^-1 from its "
-        "Cholesky factor and the rest in matrix products; it stops once the predicted error "
-        "of the pending step is below 1e-7 (2-4 evaluations per EM iteration early in the "
-        "fit, 1-2 later). The C, d, R update reads per-trial sums of y and y^2 computed "
-        "once before EM (two passes over the data per iteration instead of six).",
+        "Where the time goes (case (b), profiled piece by piece): the E-step factorises the "
+        "two half-size (pT/2 = 800) precisions by a block-recursive inverse Cholesky (U with "
+        "M^-1 = U U'; matrix products that skip the zero triangle of the factors, LAPACK "
+        "only below 64 rows), about 2/3 of the iteration; it reads the latent-diagonal "
+        "blocks and the per-bin covariance sums off U, and the posterior means of all "
+        "trials of one length are two matrix products with U. The M-step's timescale update "
+        "is a vmapped Newton iteration on log gamma with a Chebyshev third-order correction "
+        "(curvature change between evaluations), both halves in one batched call; an "
+        "evaluation builds the kernel and its derivatives elementwise from lag tables, K^-1 "
+        "by the same inverse Cholesky, and needs four more matrix products (X = K^-1 dK, "
+        "Z = K^-1 P K^-1, dK X), every trace being an elementwise sum; it stops once the "
+        "predicted error of the pending step is below 1e-7 (3 evaluations per EM iteration "
+        "in the first iterations, 2 later). The C, d, R update reads per-trial sums of y "
+        "and y^2 computed once before EM.",
     ])
 
 
