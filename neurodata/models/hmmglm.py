@@ -582,8 +582,8 @@ def bits_per_spike(loglik: float, counts: np.ndarray, rates: np.ndarray,
     --------
     >>> import numpy as np
     >>> x = np.array([[1.0], [0.0]])
-    >>> round(bits_per_spike(-1.0, x, np.array([0.5])), 3)
-    0.558
+    >>> round(float(bits_per_spike(-1.0, x, np.array([0.5]))), 3)
+    1.0
     """
     n_spikes = float(np.sum(counts))
     base = _constant_loglik(counts, rates, observation)
