@@ -258,7 +258,7 @@ def main(argv=None) -> str:
     dense = rsa.precision_from_residuals(residuals)
     for label, noise, one in (
             ("identity precision", None, False),
-            ("dense shrinkage precision given (ours: its upper block triangle, 60% of the "
+            ("dense shrinkage precision given (ours: its upper block triangle, 55% of the "
              "flops)", dense, False),
             ("dense shrinkage precision given, rsatoolbox on one BLAS thread", dense, True),
             ("shrinkage precision in Woodbury form", low, False)):

@@ -183,8 +183,8 @@ def test_dissimilarities_match_rsatoolbox(rng, method):
 
 @pytest.mark.reference
 def test_crossnobis_dense_precision_over_channel_blocks(rng):
-    # a dense precision is multiplied block by block (1024 channels) over its upper block
-    # triangle only: 1100 channels give one full block, the remainder and one cross block
+    # a dense precision is multiplied block by block (512 channels) over its upper block
+    # triangle only: 1100 channels give two full blocks, the remainder and cross blocks
     p = 1100
     x = rng.normal(size=(3, 6, p))
     prec = rsa.precision_from_residuals(rng.normal(size=(30, p)))
