@@ -313,7 +313,8 @@ def test_geweke_joint_distribution(cluster_prior):
     """
     priors = _core.Priors(dispersion_shape=10.0, dispersion_rate=1.0, dynamics_dof_extra=10.0,
                           cluster_prior=cluster_prior, shared_dynamics=False)
-    y_max, n_chains, n_steps = 2000, 8, 2000
+    # many short chains: at these sizes a vmapped step costs about the same for 8 or 16 chains
+    y_max, n_chains, n_steps = 2000, 16, 1000
     sample = lambda k: _core.sample_prior(k, **GEWEKE_SIZES, priors=priors,  # noqa: E731
                                           negbin=True)
 
@@ -330,9 +331,12 @@ def test_geweke_joint_distribution(cluster_prior):
         return jax.lax.scan(step, sample(k0), jax.random.split(key, n_steps))[1]
 
     root = jax.random.key(0)
-    marginal = np.asarray(jax.jit(jax.vmap(lambda k: _geweke_stats(*sample(k))))(
+    # tiny shapes: XLA's backend optimisation level 0 compiles much faster (a third less
+    # time) and the run time does not matter here
+    quick = dict(compiler_options={"xla_backend_optimization_level": 0})
+    marginal = np.asarray(jax.jit(jax.vmap(lambda k: _geweke_stats(*sample(k))), **quick)(
         jax.random.split(jax.random.fold_in(root, 0), 20000)))
-    successive = np.asarray(jax.jit(jax.vmap(chain))(
+    successive = np.asarray(jax.jit(jax.vmap(chain), **quick)(
         jax.random.split(jax.random.fold_in(root, 1), n_chains)))
     assert successive[..., -1].max() <= y_max  # the CRT tables saw every count
     batches = successive.reshape(n_chains * 10, n_steps // 10, -1).mean(axis=1)
@@ -389,7 +393,7 @@ def test_diagnostics_without_arviz_warn_and_stay_empty(monkeypatch, paper_simula
 def test_recovers_planted_biclusters(paper_simulation):
     """Planted neuron clusters, states and trajectories from a short run (4 chains)."""
     ds, truth = paper_simulation
-    model = BiClustering(n_samples=40, burn_in=120, **PAPER).fit(ds)
+    model = BiClustering(n_samples=40, burn_in=200, **PAPER).fit(ds)
     neuron_ari = adjusted_rand_score(truth["neuron_clusters"], model.neuron_clusters_.values)
     state_ari = adjusted_rand_score(truth["states"], model.state_sequence_.values)
     # trajectories in the identified form, against the truth's, matched by cluster
@@ -404,13 +408,14 @@ def test_recovers_planted_biclusters(paper_simulation):
     print(f"recovery: neuron ARI {neuron_ari:.3f}, state ARI {state_ari:.3f}, "
           f"baseline correlations {np.round(corr, 3)}, "
           f"diagnostics { {k: round(v, 3) for k, v in diag.items()} }")
-    # measured: neuron ARI 1.000, state ARI 0.880, baseline correlations 0.95 / 0.92 /
-    # 0.95, R-hat 1.00 (n_clusters) and 1.30 (log-likelihood)
+    # measured (200 burn-in + 80 kept sweeps per chain): neuron ARI 1.000, state ARI 0.824,
+    # baseline correlations 0.95 / 0.92 / 0.94, R-hat 1.00 (n_clusters) and 1.09
+    # (log-likelihood; 1.30 before the dispersion and interweaving moves)
     assert neuron_ari >= 0.95, neuron_ari
     assert state_ari >= 0.8, state_ari
     assert min(corr) >= 0.8, corr
     assert model.neuron_coclustering_.shape == (30, 30)
-    # the 4 chains agree on the number of clusters; the log-likelihood needs longer runs
-    # than a test can afford for R-hat < 1.05 (1.2-1.3 after 200 sweeps; see the tutorial)
+    # the 4 chains agree on the number of clusters; the log-likelihood's R-hat < 1.05 needs
+    # about 2,000 sweeps (1.03 in the tutorial's full-size run, which asserts it)
     assert diag["rhat_n_clusters"] < 1.05, diag
-    assert diag["rhat_loglik"] < 1.5, diag
+    assert diag["rhat_loglik"] < 1.2, diag
