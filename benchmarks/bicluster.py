@@ -113,7 +113,8 @@ def main(argv=None) -> None:
                      "500-2000 ms/iteration/chain |")
     lines += ["", f"{rows[0]['sweeps']} timed sweeps per case after the compiling call; "
               "estimator defaults (max_clusters = 6, max_states = 6, p = 2, per-cluster "
-              "dynamics, 2 split-merge proposals per sweep, negative binomial, float64). "
+              "dynamics, 2 split-merge proposals per sweep, the interweaving rescale of each "
+              "state's innovations and the dispersion MH step, negative binomial, float64). "
               "Memory holds only kept draws (here every sweep, for the ESS). ESS of "
               "n_clusters is all draws once every chain holds the same constant number of "
               "clusters. The reference numbers are the spec's estimates (not measured: the "
