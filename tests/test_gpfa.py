@@ -283,3 +283,18 @@ def test_learned_gp_noise_recovers_planted_value():
     np.testing.assert_allclose(model.timescales_.values[order], truth["timescales"], rtol=0.2)
     fixed = GPFA(n_latents=2, gp_noise=0.01, max_iter=200, tol=1e-9, progress=False).fit(ds)
     assert model.log_likelihoods_[-1] > fixed.log_likelihoods_[-1]
+
+
+def test_inverse_cholesky_and_triangle_products_at_recursive_sizes(rng):
+    """Sizes past two recursion levels (n >= 128 splits the triangle products), batched too."""
+    for shape in [(301, 301), (2, 300, 300)]:
+        g = rng.normal(size=shape)
+        a = g @ np.swapaxes(g, -1, -2) + shape[-1] * np.eye(shape[-1])
+        u = np.asarray(_core.inv_cholesky(jnp.asarray(a)))
+        ref = np.swapaxes(np.linalg.inv(np.linalg.cholesky(a)), -1, -2)
+        np.testing.assert_allclose(u, ref, atol=1e-10 * np.abs(ref).max())
+        x = rng.normal(size=shape)
+        np.testing.assert_allclose(np.asarray(_core._times_upper(jnp.asarray(x), jnp.asarray(u))),
+                                   x @ u, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(_core._upper_times(jnp.asarray(u), jnp.asarray(x))),
+                                   u @ x, atol=1e-12)

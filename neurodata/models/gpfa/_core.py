@@ -13,7 +13,8 @@ the same symmetry elephant exploits as "block persymmetry", used here to split t
 instead of to skip half of an inverse). Within a half the latent-major order
 ``(latent, time)`` is used.
 
-Shapes: a bucket is ``(n, T, q)`` (trials of one length), ``p`` latents, ``q`` neurons.
+Shapes: a bucket (:class:`Bucket`) holds the trials of one length, ``y (n, T, q)``; ``p``
+latents, ``q`` neurons.
 All arrays are float64.
 """
 
@@ -241,8 +242,8 @@ def _half_factor(kernels: jnp.ndarray, W: jnp.ndarray) -> HalfFactor:
     cov_blocks = jnp.stack([u[j * h:(j + 1) * h, j * h:] @ u[j * h:(j + 1) * h, j * h:].T
                             for j in range(p)])
     rows = u.reshape(p, h * m)
-    logdet_m = -2.0 * jnp.sum(jnp.log(jnp.diagonal(u)))
-    logdet_k = -2.0 * jnp.sum(jnp.log(jnp.diagonal(u_k, axis1=1, axis2=2)))
+    logdet_m = -chol_logdet(u)
+    logdet_k = -jnp.sum(chol_logdet(u_k))
     return HalfFactor(u, cov_blocks, rows @ rows.T, logdet_k + logdet_m)
 
 
@@ -437,7 +438,7 @@ def _objective_derivatives(log_gamma, eps, stats, which: str):
         k_inv = u @ _t(u)
         x = k_inv @ k1
         z = (k_inv @ pk) @ k_inv
-        logdet = -2.0 * jnp.sum(jnp.log(jnp.diagonal(u, axis1=-2, axis2=-1)))
+        logdet = -jnp.sum(chol_logdet(u))
         f = f + 0.5 * (n * logdet + jnp.sum(k_inv * pk))
         g = g + 0.5 * (n * jnp.sum(k_inv * k1) - jnp.sum(k1 * z))
         H = H + 0.5 * (n * jnp.sum(k_inv * k2) - n * jnp.sum(x * _t(x))
