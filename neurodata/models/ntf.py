@@ -234,8 +234,8 @@ def fit_cp(
     max_iter
         Iteration cap (static: it sizes the error buffer).
     tol
-        Stop a replicate when its relative error improves by less than ``tol`` (0: when it
-        stops improving; -inf: never).
+        Stop a replicate when its relative error improves by less than ``tol`` (0: when its
+        error rises; -inf: never).
     inner_iter
         HALS sweeps per mode (tensorly: 5, tensortools: 3).
     inner_tol
