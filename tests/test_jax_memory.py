@@ -105,3 +105,17 @@ def test_host_memory_respects_an_address_space_limit(monkeypatch):
     assert limited.source == "rlimit_as"
     assert 0.9 * 2**30 < limited.free <= 2**30
     assert memory.device_memory(jax.devices("cpu")[0]).free == limited.free
+
+
+def test_aligned_empty_starts_on_64_bytes_and_jax_reads_it():
+    import jax.numpy as jnp
+    import numpy as np
+
+    from neurodata.models._jax.memory import aligned_empty
+
+    for shape, dtype in [((3, 5), np.float64), ((7,), np.float32), ((2, 3, 4), np.int64)]:
+        out = aligned_empty(shape, dtype)
+        assert out.shape == shape and out.dtype == dtype and out.flags.c_contiguous
+        assert out.ctypes.data % 64 == 0
+        out[...] = np.arange(out.size).reshape(shape)
+        np.testing.assert_array_equal(np.asarray(jnp.asarray(out)), out)

@@ -51,7 +51,12 @@ from scipy.optimize import linear_sum_assignment
 
 from neurodata.errors import InputDataError
 from neurodata.models._base import NeurodataModel
-from neurodata.models._jax.memory import device_memory, host_memory, plan_batch_size
+from neurodata.models._jax.memory import (
+    aligned_empty,
+    device_memory,
+    host_memory,
+    plan_batch_size,
+)
 from neurodata.models.affinity import affinity_tensor, pairs_to_matrix
 
 __all__ = [
@@ -368,10 +373,8 @@ class TensorStream:
             mask = m if mask is None else mask & m
         shape = list(x.shape)
         shape[self.axis] = self.chunk
-        # 64-byte aligned: on CPU, jax.device_put then aliases the buffer instead of copying
-        size = int(np.prod(shape)) * self.dtype.itemsize
-        raw = np.zeros(size + 64, np.uint8)
-        out = raw[(-raw.ctypes.data) % 64:][:size].view(self.dtype).reshape(shape)
+        out = aligned_empty(tuple(shape), self.dtype)  # aliased, not copied, by device_put
+        out[...] = 0
         np.copyto(_slice(out, self.axis, 0, stop - start), x, casting="unsafe",
                   where=True if mask is None else np.broadcast_to(mask, x.shape))
         if self.chunked and stop - start < self.chunk:

@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from neurodata.errors import InputDataError
+from neurodata.models._jax.memory import aligned_empty
 from neurodata.models.rsa.rdm import (
     _check_rdm_values,
     _coord_values,
@@ -477,20 +478,11 @@ def _names(x: Any, n: int) -> tuple[str, ...]:
     return tuple(map(str, range(n)))
 
 
-def _aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
-    # XLA's CPU client reads C-contiguous, 64-byte aligned host buffers in place and copies
-    # any other, which for a few RDMs takes as long as the arithmetic
-    size = int(np.prod(shape))
-    buf = np.empty(size + 8)
-    start = (-buf.ctypes.data % 64) // buf.itemsize
-    return buf[start:start + size].reshape(shape)
-
-
 def _aligned(x: np.ndarray) -> np.ndarray:
     """``x`` in a C-contiguous, 64-byte aligned float64 buffer (a copy unless it is one)."""
     if x.flags.c_contiguous and x.ctypes.data % 64 == 0:
         return x
-    out = _aligned_empty(x.shape)
+    out = aligned_empty(x.shape)
     out[...] = x
     return out
 
@@ -501,7 +493,7 @@ def _upper_vectors(x: np.ndarray, aligned: bool = True) -> np.ndarray:
     rows = x.reshape(x.shape[0], -1)
     if not aligned:
         return np.take(rows, flat, axis=1, mode="clip")
-    out = _aligned_empty((x.shape[0], len(flat)))
+    out = aligned_empty((x.shape[0], len(flat)))
     np.take(rows, flat, axis=1, out=out, mode="clip")  # clip: unbuffered
     return out
 
