@@ -291,18 +291,19 @@ def bench_gpu(sizes_t, sizes_s, repeats, fits, n_iter, m_steps, max_seq_t):
     return "\n".join(md)
 
 
-def _vote(adjacency):
-    """Majority vote over states with the one-hot prior's sparse pseudo-count."""
-    counts = np.stack([(adjacency == c).sum(0) for c in (-1, 0, 1)], -1)
-    return np.argmax(counts + np.array([0.1, 0.8, 0.1]), -1) - 1
-
-
 def run_protocol(n_states, n_neurons, n_time, n_train, n_test, n_restarts, max_iter, seed):
     """The paper's synthetic protocol: one-hot generative data, HG / GHG / OHG and a 1-state
     GLM fitted on the training sequences and scored on the held-out ones."""
     from sklearn.metrics import f1_score
 
-    from neurodata.models.hmmglm import HMMGLM, edge_classes, match_states, simulate
+    from neurodata.models.hmmglm import (
+        HMMGLM,
+        edge_classes,
+        match_states,
+        simulate,
+        threshold_classes,
+        vote_classes,
+    )
 
     start = time.perf_counter()
     ds, truth = simulate(n_states=n_states, n_neurons=n_neurons, n_time=n_time,
@@ -319,8 +320,8 @@ def run_protocol(n_states, n_neurons, n_time, n_train, n_test, n_restarts, max_i
     # What S samples per edge can tell about the argmax of the true class probabilities:
     # the same two read-outs applied to the true per-state adjacencies and weights.
     true_mean = truth["weights"].mean(0)
-    oracle = {"vote": global_f1(_vote(truth["adjacency"])),
-              "mean": global_f1(np.where(np.abs(true_mean) > 0.3, np.sign(true_mean), 0))}
+    oracle = {"vote": global_f1(vote_classes(truth["adjacency"])),
+              "mean": global_f1(threshold_classes(true_mean, 0.3))}
     # The associative-scan E-step on an accelerator: the training set is one
     # n_train * n_time-bin sequence with resets, too long a loop for a GPU.
     parallel = jax.default_backend() != "cpu"

@@ -55,7 +55,7 @@ from neurodata.models._jax.hmm import (
 from neurodata.models._jax.loop import iterate, make_chunk_runner
 
 __all__ = ["HMMGLM", "simulate", "select_n_states", "match_states", "edge_classes",
-           "bits_per_spike"]
+           "threshold_classes", "vote_classes", "bits_per_spike"]
 
 PRIORS = ("none", "gaussian", "onehot")
 LINKS = ("softplus", "sigmoid", "exp")
@@ -1034,6 +1034,34 @@ def match_states(true_states: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return perm
 
 
+def threshold_classes(weights: np.ndarray, threshold: float) -> np.ndarray:
+    """3-class edges of free weights: their sign where ``|w| > threshold``, else 0.
+
+    Examples
+    --------
+    >>> threshold_classes([0.5, -0.1, -0.4], 0.3).tolist()
+    [1, 0, -1]
+    """
+    weights = np.asarray(weights)
+    return np.where(np.abs(weights) > threshold, np.sign(weights), 0).astype(int)
+
+
+def vote_classes(state_edges: np.ndarray) -> np.ndarray:
+    """Majority vote of per-state 3-class edges (state axis first).
+
+    With the one-hot prior's sparse pseudo-count, the rule of its closed-form global class
+    probabilities, so that a tie goes to "no edge".
+
+    Examples
+    --------
+    >>> vote_classes([[1, 0], [1, -1], [0, 1]]).tolist()
+    [1, 0]
+    """
+    state_edges = np.asarray(state_edges)
+    counts = np.stack([(state_edges == c).sum(0) for c in (-1, 0, 1)], -1)
+    return np.argmax(counts + np.asarray(_SPARSE_PSEUDO), -1) - 1
+
+
 def edge_classes(model: HMMGLM, *, threshold: float = 0.3) -> xr.Dataset:
     """3-class edges (-1 inhibitory, 0 none, 1 excitatory) read off a fitted model.
 
@@ -1070,20 +1098,19 @@ def edge_classes(model: HMMGLM, *, threshold: float = 0.3) -> xr.Dataset:
     ('state', 'post', 'pre')
     """
     model._check_fitted()
-    w = model.coupling_.sum("basis")
+    w = model.coupling_.sum("basis").transpose("state", "post", "pre")
 
-    def classes(x):
-        return xr.where(np.abs(x) > threshold, np.sign(x), 0).astype(int)
+    def like(x: xr.DataArray, data: np.ndarray) -> xr.DataArray:
+        return xr.DataArray(data, coords=x.coords, dims=x.dims)
 
     if model.prior == "onehot":
-        state_edges = np.sign(w).astype(int)
+        state_edges = like(w, np.sign(w.values).astype(int))
         glob = model.global_structure_.argmax("edge_class") - 1
     else:
-        state_edges = classes(w)
-        glob = classes(model.global_structure_)
-    counts = xr.concat([(state_edges == c).sum("state") for c in (-1, 0, 1)], "edge_class")
-    pseudo = xr.DataArray(np.asarray(_SPARSE_PSEUDO), dims="edge_class")
-    vote = (counts + pseudo).argmax("edge_class") - 1
+        state_edges = like(w, threshold_classes(w.values, threshold))
+        glob = like(model.global_structure_,
+                    threshold_classes(model.global_structure_.values, threshold))
+    vote = like(w.isel(state=0, drop=True), vote_classes(state_edges.values))
     return xr.Dataset({"state_edges": state_edges, "global_edges": glob.astype(int),
                        "vote_edges": vote.astype(int)}, attrs={"threshold": threshold})
 
