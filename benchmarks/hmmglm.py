@@ -389,6 +389,96 @@ def run_protocol(n_states, n_neurons, n_time, n_train, n_test, n_restarts, max_i
     return "\n".join(md)
 
 
+def run_restart_rule(n_states, n_neurons, n_time, n_train, n_test, n_restarts, max_iter,
+                     seeds, priors=("gaussian", "onehot")):
+    """Which restart should ``fit`` keep? Every restart of a fit scored on held-out data.
+
+    For each simulator seed and prior, all restarts of one fit are kept apart
+    (``HMMGLM._fit_restarts``) and each is scored on the held-out sequences (bits/spike,
+    state accuracy after Hungarian matching). Two selection rules are compared with the
+    restart that is best on the held-out data: the training log-likelihood of the hardened
+    model plus the log-prior (the EM objective, the rule before this session) and the
+    training log-likelihood alone (the rule ``fit`` applies now, :func:`best_restart`).
+    """
+    from neurodata.models.hmmglm import HMMGLM, best_restart, match_states, simulate
+
+    rows = []
+    for seed in seeds:
+        ds, truth = simulate(n_states=n_states, n_neurons=n_neurons, n_time=n_time,
+                             n_trials=n_train + n_test, seed=seed)
+        train = ds.isel(trial=slice(0, n_train))
+        test = ds.isel(trial=slice(n_train, None))
+        true_test = truth["states"][n_train:]
+        for prior in priors:
+            model = HMMGLM(n_states, prior=prior, link="sigmoid", n_restarts=n_restarts,
+                           max_iter=max_iter, seed=seed)
+            start = time.perf_counter()
+            restarts = model._fit_restarts(train)
+            elapsed = time.perf_counter() - start
+            bits, acc = [], []
+            for i in range(n_restarts):
+                model._keep(restarts, i)
+                bits.append(model.score(test))
+                proba = model.predict_proba(test).values
+                perm = match_states(true_test, proba)
+                acc.append(float(np.mean(perm[true_test] == proba.argmax(-1))))
+            loglik, logp = restarts.loglik, restarts.log_prior
+            row = dict(seed=seed, prior=prior, loglik=loglik, log_prior=logp,
+                       bits=np.asarray(bits), acc=np.asarray(acc), time=elapsed,
+                       old=best_restart(loglik + logp), new=best_restart(loglik))
+            if prior == "onehot":
+                # The prior of the hardened model: the log global class probability of
+                # every per-state class (a categorical, with no density to blow up).
+                glm = restarts.params.glm
+                cls = np.argmax(np.asarray(glm.adj_logits), -1)
+                log_abar = np.asarray(jax.nn.log_softmax(glm.global_logits, -1))
+                cat = np.take_along_axis(log_abar[:, None], cls[..., None], -1)
+                row["cat"] = best_restart(loglik + cat.sum((1, 2, 3, 4)))
+            rows.append(row)
+            print({k: (np.round(v, 4).tolist() if isinstance(v, np.ndarray) else v)
+                   for k, v in row.items()}, flush=True)
+    return rows
+
+
+def _restart_rule_md(rows, sizes, n_restarts, max_iter):
+    n_states, n_neurons, n_time, n_train, n_test = sizes
+    md = ["## HMM-GLM: which restart to keep", "", f"Machine: {machine()}", "",
+          f"`simulate` (one-hot generative model, sigmoid link) with S = {n_states}, "
+          f"N = {n_neurons}, {n_train} training and {n_test} held-out sequences of {n_time} "
+          f"bins, one data set per seed; each prior fitted with {n_restarts} restarts (up to "
+          f"{max_iter} EM iterations per stage) and every restart scored on the held-out "
+          "sequences. Rule *objective*: the largest training log-likelihood of the hardened "
+          "model + log-prior (the EM objective; `fit`'s rule until session 5). Rule "
+          "*log-likelihood*: the largest training log-likelihood of the hardened model "
+          "(`best_restart`, `fit`'s rule now). *Best held-out*: the restart with the "
+          "highest held-out bits/spike (not available to a rule). Spread = largest minus "
+          "smallest value over the restarts.", "",
+          "| seed | prior | log-prior spread (nats) | train log-lik spread (nats) | "
+          "restart by objective / log-lik / best held-out | held-out bits/spike: objective "
+          "/ log-lik / best | state accuracy: objective / log-lik / best |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        best = int(np.argmax(r["bits"]))
+        md.append(
+            f"| {r['seed']} | {r['prior']} | {np.ptp(r['log_prior']):.0f} | "
+            f"{np.ptp(r['loglik']):.0f} | {r['old']} / {r['new']} / {best} | "
+            f"{r['bits'][r['old']]:.4f} / {r['bits'][r['new']]:.4f} / {r['bits'][best]:.4f} | "
+            f"{r['acc'][r['old']]:.3f} / {r['acc'][r['new']]:.3f} / {r['acc'][best]:.3f} |")
+    md += ["", "| prior | rule | fits where it kept the best held-out restart | mean held-out "
+           "bits/spike lost to the best restart | mean state accuracy of the kept restart |",
+           "|---|---|---|---|---|"]
+    for prior in dict.fromkeys(r["prior"] for r in rows):
+        mine = [r for r in rows if r["prior"] == prior]
+        for rule in ("old", "new"):
+            hits = sum(r["bits"][r[rule]] == r["bits"].max() for r in mine)
+            lost = np.mean([r["bits"].max() - r["bits"][r[rule]] for r in mine])
+            acc = np.mean([r["acc"][r[rule]] for r in mine])
+            label = "objective" if rule == "old" else "log-likelihood"
+            md.append(f"| {prior} | {label} | {hits} / {len(mine)} | {lost:.5f} | "
+                      f"{acc:.3f} |")
+    return "\n".join(md)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes")
@@ -399,13 +489,31 @@ def main(argv=None):
                              "2000 bins), HG / GHG / OHG / 1-state GLM")
     parser.add_argument("--max-seq-t", type=int, default=100000,
                         help="--gpu: longest sequence for the sequential E-step")
-    parser.add_argument("--restarts", type=int, default=2, help="--protocol: restarts")
+    parser.add_argument("--restart-rule", action="store_true",
+                        help="JAX only: score every restart of each fit on held-out data and "
+                             "compare the rules that choose one")
+    parser.add_argument("--seeds", type=int, default=6, help="--restart-rule: simulator seeds")
+    parser.add_argument("--sizes", default="5,20,500,12,8",
+                        help="--restart-rule: states,neurons,bins,train,test sequences")
+    parser.add_argument("--restarts", type=int, default=None,
+                        help="restarts (--protocol: 2, --restart-rule: 4)")
     parser.add_argument("--iters", type=int, default=100,
                         help="--protocol: EM iterations per stage")
     args = parser.parse_args(argv)
+    if args.restart_rule:
+        sizes = (3, 10, 300, 6, 4) if args.quick else tuple(map(int, args.sizes.split(",")))
+        restarts, iters = args.restarts or 4, 30 if args.quick else args.iters
+        rows = run_restart_rule(*sizes, restarts, iters, range(2 if args.quick else args.seeds))
+        md = _restart_rule_md(rows, sizes, restarts, iters)
+        if args.quick:
+            md = md.replace("\n\n", "\n\n*Quick sizes (`--quick`).*\n\n", 1)
+            print(md)
+        else:
+            print(write_result("hmmglm_restarts", md))
+        return
     if args.protocol:
         sizes = (3, 10, 300, 6, 4) if args.quick else (5, 20, 2000, 30, 20)
-        md = run_protocol(*sizes, args.restarts, args.iters, seed=0)
+        md = run_protocol(*sizes, args.restarts or 2, args.iters, seed=0)
         if args.quick:
             md = md.replace("\n\n", "\n\n*Quick sizes (`--quick`).*\n\n", 1)
         print(write_result("hmmglm_protocol", md))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
@@ -15,6 +16,7 @@ from neurodata.models._jax.basis import (
 )
 from neurodata.models.hmmglm import (
     HMMGLM,
+    best_restart,
     edge_classes,
     match_states,
     select_n_states,
@@ -107,6 +109,20 @@ def test_heldout_bits_per_spike_ordering(sim, fitted):
     assert bits["onehot"] >= bits["gaussian"] - 0.002 >= bits["none"] - 0.004, bits
 
 
+def test_restart_kept_by_hardened_training_loglik(sim):
+    train, _, _ = sim
+    # The fixture's shapes (no new compilation), a seed whose two restarts the two rules
+    # rank differently: restart 1 explains the training data better by 8 nats, restart 0
+    # has the higher one-hot log-prior by 196.
+    model = HMMGLM(S, prior="onehot", **{**FIT, "max_iter": 10, "seed": 2}).fit(train)
+    loglik, log_prior = model.restart_loglik_, model.restart_log_prior_
+    assert np.argmax(loglik + log_prior) == 0 and np.argmax(loglik) == 1, (loglik, log_prior)
+    assert model.train_loglik_ == loglik[1]
+    # ... and restart_loglik_ is the hardened model's: what log_likelihood reports
+    assert model.log_likelihood(train) == pytest.approx(loglik[1], rel=1e-12)
+    assert best_restart(np.array([-3.0, np.nan, -1.0])) == 2
+
+
 def test_outputs_are_labelled(sim, fitted):
     train, test, _ = sim
     model = fitted["onehot"]
@@ -132,33 +148,59 @@ def test_save_load_roundtrip(sim, fitted, tmp_path):
     assert loaded.score(test) == pytest.approx(model.score(test))
 
 
-def test_one_state_truth_selects_one_state():
-    ds, _ = simulate(n_states=1, n_neurons=8, n_time=400, n_trials=6, seed=3)
-    res = select_n_states(ds, (1, 2), n_folds=2, link="sigmoid", n_restarts=1,
+@pytest.fixture(scope="module")
+def one_state():
+    # Shared by the selection and the sessions tests: 2-fold training sets of 2 x 600 bins
+    # and the sessions' 600 + 350 + 250 bins have the same shape, so their 2-state fits
+    # share one compiled EM.
+    return simulate(n_states=1, n_neurons=8, n_time=600, n_trials=4, seed=3)[0]
+
+
+def test_one_state_truth_selects_one_state(one_state):
+    res = select_n_states(one_state, (1, 2), n_folds=2, link="sigmoid", n_restarts=1,
                           max_iter=30)
     assert res.attrs["best_n_states"] == 1, res["mean"].values
 
 
-def test_sessions_of_different_lengths_batches_and_parallel_estep():
-    ds, _ = simulate(n_states=2, n_neurons=5, n_time=300, n_trials=2, seed=4)
-    a = ds.isel(trial=0)
-    b = ds.isel(trial=1, time=slice(0, 170))
+def test_sessions_of_different_lengths_batches_and_parallel_estep(one_state):
+    sessions = [one_state.isel(trial=0), one_state.isel(trial=1, time=slice(0, 350)),
+                one_state.isel(trial=2, time=slice(0, 250))]
     kw = dict(link="sigmoid", n_restarts=1, max_iter=3, tol=0.0)
-    model = HMMGLM(2, **kw).fit([a, b])
-    out = model.predict_proba([a, b])
-    assert [o.sizes["time"] for o in out] == [300, 170]
-    # Streaming: one session per E-step batch (the shorter one padded) changes nothing.
-    batched = HMMGLM(2, batch_size=1, **kw).fit([a, b])
+    model = HMMGLM(2, **kw).fit(sessions)
+    out = model.predict_proba(sessions)
+    assert [o.sizes["time"] for o in out] == [600, 350, 250]
+    # Streaming: one session per E-step batch (the shorter ones padded) changes nothing.
+    batched = HMMGLM(2, batch_size=1, **kw).fit(sessions)
     for name, value in model.params_.items():
         np.testing.assert_allclose(batched.params_[name], value, atol=1e-10, err_msg=name)
     np.testing.assert_allclose(batched.objective_history_, model.objective_history_,
                                rtol=1e-12)
-    for one, whole in zip(model.predict_proba([a, b], batch_size=1), out, strict=True):
+    for one, whole in zip(model.predict_proba(sessions, batch_size=1), out, strict=True):
         np.testing.assert_allclose(one.values, whole.values, atol=1e-10)
-    assert model.score([a, b], batch_size=1) == pytest.approx(model.score([a, b]), abs=1e-10)
-    sequential = model.log_likelihood([a, b])
+    assert model.score(sessions, batch_size=1) == pytest.approx(model.score(sessions),
+                                                                abs=1e-10)
+    sequential = model.log_likelihood(sessions)
     model.set_params(parallel=True)
-    assert model.log_likelihood([a, b]) == pytest.approx(sequential, rel=1e-9)
+    assert model.log_likelihood(sessions) == pytest.approx(sequential, rel=1e-9)
+
+
+def test_simulate_reuses_its_compiled_scan(one_state):
+    compiles = []
+
+    def listener(event, duration, **_):
+        if event.endswith("backend_compile_duration"):
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        # the shapes of the one_state fixture, another seed: nothing new to compile
+        ds, _ = simulate(n_states=1, n_neurons=8, n_time=600, n_trials=4, seed=4)
+        assert not np.array_equal(ds.activity.values, one_state.activity.values)
+        assert compiles == []
+        jax.jit(lambda x: x + 1)(np.ones(2))  # a fresh function: the listener sees it
+        assert len(compiles) == 1
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_bases_and_causal_filter():

@@ -55,7 +55,7 @@ from neurodata.models._jax.hmm import (
 from neurodata.models._jax.loop import iterate, make_chunk_runner
 
 __all__ = ["HMMGLM", "simulate", "select_n_states", "match_states", "edge_classes",
-           "threshold_classes", "vote_classes", "bits_per_spike"]
+           "threshold_classes", "vote_classes", "bits_per_spike", "best_restart"]
 
 PRIORS = ("none", "gaussian", "onehot")
 LINKS = ("softplus", "sigmoid", "exp")
@@ -400,6 +400,9 @@ def _onehot_from_weights(params: Params, threshold: float = 0.35,
     return params._replace(glm=_close_onehot(glm))
 
 
+_onehot_restarts = jax.jit(jax.vmap(_onehot_from_weights))
+
+
 @functools.lru_cache(maxsize=32)
 def _em_runner(cfg: _Config):
     # The data travel in the loop state rather than in a closure, so one compiled runner
@@ -410,22 +413,37 @@ def _em_runner(cfg: _Config):
         carry, objectives = jax.vmap(step)(carry)
         return ((carry, objectives), data), jnp.max(objectives)
 
-    return all_restarts, make_chunk_runner(all_restarts, 25)
+    def start(glm: GLMParams):
+        # Optimiser state and "no objective yet" of every restart, compiled in one call
+        # rather than op by op (each eager op compiles on its first use of a shape).
+        n_restarts = glm.bias.shape[0]
+        return (jax.vmap(optax.adam(cfg.learning_rate).init)(glm),
+                jnp.full(n_restarts, -jnp.inf, dtype=jnp.float64))
+
+    return all_restarts, make_chunk_runner(all_restarts, 25), jax.jit(start)
 
 
 def _run_em(cfg: _Config, *, params: Params, data: _Data, keys, max_iter: int, tol: float,
             progress: bool):
     """Vmapped EM over restarts; returns the parameters, objectives and convergence flag."""
-    step, runner = _em_runner(cfg)
-    opt_state = jax.vmap(optax.adam(cfg.learning_rate).init)(params.glm)
-    state = ((params, opt_state, keys), jnp.full(len(keys), -jnp.inf, dtype=jnp.float64)), data
+    step, runner, start = _em_runner(cfg)
+    opt_state, no_objective = start(params.glm)
+    state = ((params, opt_state, keys), no_objective), data
     result = iterate(step, state, max_iter=max_iter, tol=tol, desc="HMMGLM",
                      progress=progress, runner=runner)
     return result.state[0][0][0], result.objectives, bool(result.converged)
 
 
+class _Helpers(NamedTuple):
+    proba: Any
+    viterbi: Any
+    loglik: Any
+    restart_scores: Any
+    hard_weights: Any
+
+
 @functools.lru_cache(maxsize=16)
-def _jitted_helpers(cfg: _Config):
+def _jitted_helpers(cfg: _Config) -> _Helpers:
     def proba(params, data):
         weights = effective_weights(params.glm, cfg, hard=True)
         return _posterior(params, data, cfg, weights).smoothed_probs
@@ -442,7 +460,47 @@ def _jitted_helpers(cfg: _Config):
     def loglik(params, data):
         return marginal_loglik(params, data, cfg)
 
-    return jax.jit(proba), jax.jit(viterbi), jax.jit(loglik)
+    def restart_scores(params, data):
+        # (hardened) log-likelihood and log-prior of every restart (leading axis)
+        return jax.vmap(lambda p: (marginal_loglik(p, data, cfg), log_prior(p.glm, cfg)))(params)
+
+    def hard_weights(glm):
+        return effective_weights(glm, cfg, hard=True)
+
+    return _Helpers(*(jax.jit(f) for f in (proba, viterbi, loglik, restart_scores,
+                                            hard_weights)))
+
+
+class _Restarts(NamedTuple):
+    """Every restart of one fit, before one is kept (leading axis of ``params``)."""
+
+    params: Params
+    loglik: np.ndarray
+    """Training log-likelihood of each restart's hardened model (the selection rule)."""
+    log_prior: np.ndarray
+    objectives: np.ndarray
+    converged: bool
+    basis: np.ndarray
+    rates: np.ndarray
+    ids: np.ndarray
+
+
+def best_restart(loglik: np.ndarray) -> int:
+    """Index of the restart to keep: the highest training log-likelihood (NaN never wins).
+
+    Restarts are compared on how well they explain the data, by the model used at test time
+    (the one-hot adjacency hardened to its argmax classes), not on the EM objective
+    (log-likelihood plus log-prior): the one-hot prior's Concrete density grows without bound
+    at the simplex's vertices and its value jumps by thousands of nats whenever saturated
+    logits are halved, so adding it would let the prior's parameterisation pick the restart.
+
+    Examples
+    --------
+    >>> best_restart(np.array([-10.0, np.nan, -3.0]))
+    2
+    """
+    loglik = np.asarray(loglik, dtype=float)
+    return int(np.argmax(np.where(np.isfinite(loglik), loglik, -np.inf)))
 
 
 # --------------------------------------------------------------------------- data handling
@@ -779,6 +837,10 @@ class HMMGLM(NeurodataModel):
         -------
         HMMGLM
         """
+        return self._keep(self._fit_restarts(ds))
+
+    def _fit_restarts(self, ds) -> _Restarts:
+        """Run EM from every restart (vmapped) and score each restart on the training data."""
         cfg = self._config()
         basis = make_basis(self.basis, self.history_bins, self.n_basis)
         seqs, _ = _sequences(ds, self.observation)
@@ -796,7 +858,6 @@ class HMMGLM(NeurodataModel):
         rates = counts.mean(0)
         n, b = counts.shape[1], basis.shape[1]
         keys = jax.random.split(jax.random.PRNGKey(self.seed), int(self.n_restarts))
-        params = jax.vmap(lambda k: _init_params(k, cfg, n, b, rates, self.shared_bias))(keys)
         run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         run = functools.partial(_run_em, data=data, keys=run_keys, max_iter=int(self.max_iter),
                                 tol=float(self.tol), progress=self.progress)
@@ -809,27 +870,31 @@ class HMMGLM(NeurodataModel):
                                                      self.shared_bias))(keys)
             params, objectives, _ = run(gaussian, params=params)
             history.append(objectives)
-            params = jax.vmap(_onehot_from_weights)(params)
+            params = _onehot_restarts(params)
         else:
             params = jax.vmap(lambda k: _init_params(k, cfg, n, b, rates,
                                                      self.shared_bias))(keys)
         params, objectives, converged = run(cfg, params=params)
         history.append(objectives)
-        _, _, loglik = _jitted_helpers(cfg)
-        final = np.asarray(jax.vmap(lambda p: loglik(p, data) + log_prior(p.glm, cfg))(params))
-        final = np.where(np.isfinite(final), final, -np.inf)
-        best = int(np.argmax(final))
-        params = jax.tree_util.tree_map(lambda a: a[best], params)
-        self.params_ = {"initial": np.asarray(params.initial),
-                        "transition": np.asarray(params.transition),
-                        **{f: np.asarray(getattr(params.glm, f)) for f in GLMParams._fields}}
-        self.basis_ = basis
-        self.rates_ = rates
-        self.neuron_id_ = ids
-        self.objective_history_ = np.concatenate(history)
-        self.restart_objectives_ = final
-        self.converged_ = converged
-        self.train_loglik_ = float(loglik(params, data))
+        loglik, logp = (np.asarray(a) for a in
+                        _jitted_helpers(cfg).restart_scores(params, data))
+        return _Restarts(params, loglik, logp, np.concatenate(history), converged, basis,
+                         rates, ids)
+
+    def _keep(self, restarts: _Restarts, index: int | None = None) -> HMMGLM:
+        """Set the fitted attributes from one restart (default: :func:`best_restart`)."""
+        best = best_restart(restarts.loglik) if index is None else int(index)
+        params = jax.tree_util.tree_map(lambda a: np.asarray(a[best]), restarts.params)
+        self.params_ = {"initial": params.initial, "transition": params.transition,
+                        **{f: getattr(params.glm, f) for f in GLMParams._fields}}
+        self.basis_ = restarts.basis
+        self.rates_ = restarts.rates
+        self.neuron_id_ = restarts.ids
+        self.objective_history_ = restarts.objectives
+        self.restart_loglik_ = restarts.loglik
+        self.restart_log_prior_ = restarts.log_prior
+        self.converged_ = restarts.converged
+        self.train_loglik_ = float(restarts.loglik[best])
         self._set_outputs()
         return self
 
@@ -838,7 +903,7 @@ class HMMGLM(NeurodataModel):
         params = self._params()
         ids = self.neuron_id_
         states = np.arange(cfg.n_states)
-        w = np.asarray(effective_weights(params.glm, cfg, hard=True))
+        w = np.asarray(_jitted_helpers(cfg).hard_weights(params.glm))
         self.coupling_ = xr.DataArray(
             w, dims=("state", "post", "pre", "basis"),
             coords={"state": states, "post": ids, "pre": ids, "basis": np.arange(w.shape[-1])},
@@ -1118,6 +1183,33 @@ def edge_classes(model: HMMGLM, *, threshold: float = 0.3) -> xr.Dataset:
 # --------------------------------------------------------------------------- simulator
 
 
+@functools.partial(jax.jit, static_argnames=("link", "observation"))
+def _simulate_counts(keys, states, bias, weights, basis, *, link: str, observation: str):
+    """``(n_trials, T, N)`` counts of the coupled GLM along given state paths.
+
+    Module-level and jitted on arrays, so that repeated simulations with the same shapes
+    (seeds, parameter sweeps) reuse one compiled scan.
+    """
+
+    def run_trial(key, z):
+        def step(carry, z_t):
+            past, key = carry  # past[k] = counts k+1 bins ago, (K, N)
+            h = jnp.einsum("kn,kb->nb", past, basis)
+            eta = bias + jnp.einsum("mnb,nb->m", weights[z_t], h)
+            rate = _inverse_link(eta, link)
+            key, sub = jax.random.split(key)
+            if observation == "bernoulli":
+                x = jax.random.bernoulli(sub, jnp.clip(rate, 0, 1)).astype(jnp.float64)
+            else:
+                x = jax.random.poisson(sub, rate).astype(jnp.float64)
+            return (jnp.concatenate([x[None], past[:-1]]), key), x
+
+        init = (jnp.zeros((basis.shape[0], bias.shape[0])), key)
+        return lax.scan(step, init, z)[1]
+
+    return jax.vmap(run_trial)(keys, states)
+
+
 def simulate(
     n_states: int = 5,
     n_neurons: int = 20,
@@ -1209,30 +1301,11 @@ def simulate(
         states[:, t] = np.minimum((uniforms[:, t, None] > cum[states[:, t - 1]]).sum(1), s - 1)
     # Per-basis weights: the same sign and magnitude on every basis function, so that the
     # integrated filter is w (each basis function has unit area).
-    w_full = jnp.asarray(np.repeat(weights[..., None], phi.shape[1], -1) / phi.shape[1])
-    phi_j = jnp.asarray(phi)
-
-    def run_trial(key, z):
-        def step(carry, inputs):
-            past, key = carry  # past[k] = counts k+1 bins ago, (K, N)
-            z_t, = inputs
-            h = jnp.einsum("kn,kb->nb", past, phi_j)
-            eta = jnp.asarray(b) + jnp.einsum("mnb,nb->m", w_full[z_t], h)
-            rate = _inverse_link(eta, link)
-            key, sub = jax.random.split(key)
-            if observation == "bernoulli":
-                x = jax.random.bernoulli(sub, jnp.clip(rate, 0, 1)).astype(jnp.float64)
-            else:
-                x = jax.random.poisson(sub, rate).astype(jnp.float64)
-            past = jnp.concatenate([x[None], past[:-1]])
-            return (past, key), x
-
-        init = (jnp.zeros((history_bins, n)), key)
-        _, xs = lax.scan(step, init, (jnp.asarray(z),))
-        return xs
-
+    w_full = np.repeat(weights[..., None], phi.shape[1], -1) / phi.shape[1]
     keys = jax.random.split(jax.random.PRNGKey(seed), n_trials)
-    counts = np.asarray(jax.jit(jax.vmap(run_trial))(keys, jnp.asarray(states)))
+    counts = np.asarray(_simulate_counts(keys, jnp.asarray(states), jnp.asarray(b),
+                                         jnp.asarray(w_full), jnp.asarray(phi), link=link,
+                                         observation=observation))
     ds = from_arrays(counts.astype(np.int64), sampling_rate=sampling_rate,
                      attrs={"source": "neurodata.models.hmmglm.simulate"})
     cls_global = np.argmax(global_probs, -1) - 1
