@@ -144,10 +144,10 @@ def test_dispersion_step_leaves_exact_conditional_invariant(rng):
                       - (y + r) * np.log(r + np.exp(psi)), axis=0) + u - r
 
     u = np.array([0.1, 1.0, 2.5])
-    f, g, h = (np.asarray(a) for a in _core._dispersion_logpost(jnp.asarray(u), data, rate,
-                                                                  priors))
-    fp, gp, _ = _core._dispersion_logpost(jnp.asarray(u + 1e-5), data, rate, priors)
-    fm, gm, _ = _core._dispersion_logpost(jnp.asarray(u - 1e-5), data, rate, priors)
+    f, g, h, _ = (np.asarray(a) for a in _core._dispersion_logpost(jnp.asarray(u), data, rate,
+                                                                     priors))
+    fp, gp, _, _ = _core._dispersion_logpost(jnp.asarray(u + 1e-5), data, rate, priors)
+    fm, gm, _, _ = _core._dispersion_logpost(jnp.asarray(u - 1e-5), data, rate, priors)
     np.testing.assert_allclose(g, (fp - fm) / 2e-5, rtol=1e-6)
     np.testing.assert_allclose(h, (gp - gm) / 2e-5, rtol=1e-6)
     np.testing.assert_allclose(f - np.asarray(_core._dispersion_logpost(
@@ -159,13 +159,18 @@ def test_dispersion_step_leaves_exact_conditional_invariant(rng):
     n = 20000
     start = np.stack([rng.choice(grid, size=n, p=prob[:, i]) for i in range(3)], axis=1)
     out = np.log(np.asarray(jax.jit(jax.vmap(lambda k, r: _core.sample_dispersion(
-        k, data, jnp.asarray(psi), r, priors)))(jax.random.split(jax.random.PRNGKey(7), n),
+        k, data, jnp.asarray(psi), r, priors)[0]))(jax.random.split(jax.random.PRNGKey(7), n),
                                                jnp.exp(jnp.asarray(start)))))
     mean = grid @ prob
     sd = np.sqrt(((grid[:, None] - mean) ** 2 * prob).sum(0))
     np.testing.assert_allclose(out.mean(0), mean, atol=4 * sd.max() / np.sqrt(n))
     np.testing.assert_allclose(out.std(0), sd, rtol=0.03)
     assert np.mean(out != start) > 0.8  # the proposal is accepted most of the time
+    # the log-likelihood returned with the draw is the NB log-likelihood at it
+    r_new, loglik = _core.sample_dispersion(jax.random.PRNGKey(8), data, jnp.asarray(psi),
+                                            jnp.asarray(r_true), priors)
+    np.testing.assert_allclose(loglik, _core.nb_loglik(data.y, jnp.asarray(psi), r_new),
+                               rtol=1e-12)
 
 
 def test_mfm_number_of_components_matches_enumeration():

@@ -13,16 +13,17 @@ in closed form), so the draw has the exact mean ``b tanh(c/2) / (2c)`` and the e
 variance ``b (2 tanh(c/2) - c sech^2(c/2)) / (4 c^3)`` for every ``n_terms``; the shape of
 the distribution converges to PG as ``n_terms`` grows (the remainder is a sum of many small
 gammas, which a moment-matched gamma approximates closely). The gamma draws use
-Marsaglia-Tsang with a fixed number of vectorised proposal rounds (see
-:func:`sample_gamma`), which compiles fast and in float64 runs much faster on CPU than
-``jax.random.gamma`` for the large arrays (one draw per count) the bi-clustering sampler
-needs.
+Marsaglia-Tsang with one vectorised proposal round and a compacted retry of the rejected
+elements (see :func:`sample_gamma`), which compiles fast and in float64 runs much faster on
+CPU than ``jax.random.gamma`` for the large arrays (one draw per count) the bi-clustering
+sampler needs.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 _SMALL_C = 1e-3
 _TINY32 = float(jnp.finfo(jnp.float32).tiny)
@@ -44,32 +45,52 @@ def pg_variance(b: jnp.ndarray, c: jnp.ndarray) -> jnp.ndarray:
     return b * jnp.where(c < _SMALL_C, 1.0 / 24.0 - c**2 / 120.0, big)
 
 
-def sample_gamma(key: jax.Array, shape_param: jnp.ndarray, rounds: int = 4) -> jnp.ndarray:
-    """``Gamma(a, 1)`` draws, elementwise over ``a > 0`` (Marsaglia-Tsang).
-
-    Every element makes ``rounds`` proposals at once and keeps the first accepted one. The
-    acceptance probability is above 95 % for every shape (above 99 % once ``a >= 4``), so
-    all ``rounds = 4`` proposals are rejected with probability below ``1e-5``; that rare
-    element keeps its last proposal (clipped to the support). A fixed number of vectorised
-    rounds compiles much faster than a rejection ``while_loop`` and runs faster in float64
-    on CPU than ``jax.random.gamma``. Shapes below 1 use ``Gamma(a) = Gamma(a + 1) U^{1/a}``.
-    """
-    a = jnp.asarray(shape_param)
-    boost = a < 1.0
-    a1 = jnp.where(boost, a + 1.0, a)
-    d = a1 - 1.0 / 3.0
-    cc = 1.0 / jnp.sqrt(9.0 * d)
-    kx, ku, kb = jax.random.split(key, 3)
-    # the proposals' variates are float32 (half the random bits of float64, which dominate
-    # the cost); the arithmetic stays in the shape's precision
-    x = jax.random.normal(kx, (rounds, *a.shape), jnp.float32).astype(a.dtype)
-    u = jax.random.uniform(ku, (rounds, *a.shape), jnp.float32, minval=_TINY32).astype(a.dtype)
+def _marsaglia_tsang(kx, ku, d, cc):
+    """One Marsaglia-Tsang proposal per element: candidate ``d v`` and whether it is accepted."""
+    # the variates are float32 (half the random bits of float64, which dominate the cost);
+    # the arithmetic stays in the shape's precision
+    x = jax.random.normal(kx, d.shape, jnp.float32).astype(d.dtype)
+    u = jax.random.uniform(ku, d.shape, jnp.float32, minval=_TINY32).astype(d.dtype)
     v = (1.0 + cc * x) ** 3
     positive = v > 0
     safe_v = jnp.where(positive, v, 1.0)
     ok = positive & (jnp.log(u) < 0.5 * x**2 + d - d * safe_v + d * jnp.log(safe_v))
-    first = jnp.argmax(jnp.concatenate([ok[:-1], jnp.ones_like(ok[:1])]), axis=0)
-    value = d * jnp.take_along_axis(jnp.maximum(v, 1e-12), first[None], axis=0)[0]
+    return d * safe_v, ok
+
+
+def sample_gamma(key: jax.Array, shape_param: jnp.ndarray, retry_fraction: int = 16
+                 ) -> jnp.ndarray:
+    """``Gamma(a, 1)`` draws, elementwise over ``a > 0`` (Marsaglia-Tsang, exact).
+
+    Every element makes one proposal; the rejected ones (at most 5 % for any shape, under
+    1 % once ``a >= 4``) are gathered into a buffer of ``size / retry_fraction`` slots and
+    propose again, buffer by buffer, until every element has accepted. Each element keeps
+    its first accepted proposal, so the draws are exact, and the random variates (which
+    dominate the cost) number about one normal and one uniform per element instead of one
+    per element and fixed round (the Pólya-Gamma draws of the bi-clustering sweep: 2.3x
+    faster than four fixed vectorised rounds). Shapes below 1 use ``Gamma(a) = Gamma(a + 1)
+    U^{1/a}``.
+    """
+    a = jnp.asarray(shape_param)
+    boost = a < 1.0
+    d = (jnp.where(boost, a + 1.0, a) - 1.0 / 3.0).ravel()
+    cc = 1.0 / jnp.sqrt(9.0 * d)
+    kx, ku, kb, k_retry = jax.random.split(key, 4)
+    value, ok = _marsaglia_tsang(kx, ku, d, cc)
+    n = d.size
+    slots = min(n, max(16, n // retry_fraction))
+
+    def retry(carry):
+        value, ok, key = carry
+        key, kx, ku = jax.random.split(key, 3)
+        # the first rejected elements; unused slots point past the end and are dropped
+        idx = jnp.nonzero(~ok, size=slots, fill_value=n)[0]
+        new, accepted = _marsaglia_tsang(kx, ku, d.at[idx].get(mode="fill", fill_value=1.0),
+                                         cc.at[idx].get(mode="fill", fill_value=1.0))
+        return value.at[idx].set(new, mode="drop"), ok.at[idx].set(accepted, mode="drop"), key
+
+    value = lax.while_loop(lambda c: ~jnp.all(c[1]), retry, (value, ok, k_retry))[0]
+    value = value.reshape(a.shape)
     ub = jax.random.uniform(kb, a.shape, jnp.float32, minval=_TINY32).astype(a.dtype)
     return jnp.where(boost, value * ub ** (1.0 / jnp.where(boost, a, 1.0)), value)
 
