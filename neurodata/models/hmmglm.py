@@ -20,7 +20,8 @@ sequential ``lax.scan`` or parallel ``lax.associative_scan``; trials and session
 concatenated with resets, so unequal lengths need no padding); an M-step with closed-form
 transitions under a sticky Dirichlet prior and GLM weights by L-BFGS where the objective is
 concave (no or Gaussian prior, Poisson with exp/softplus link or Bernoulli with sigmoid
-link) or Adam otherwise; several restarts are vmapped and the best is kept. With
+link) or Adam otherwise; several restarts are vmapped and the one whose hardened model has
+the highest training log-likelihood is kept (:func:`best_restart`). With
 ``batch_size`` the E-step and the M-step objective run over batches of whole trials one
 after the other, so memory is bounded by the batch rather than the recording.
 
@@ -684,8 +685,12 @@ class HMMGLM(NeurodataModel):
     temperature
         One-hot prior: Gumbel-softmax temperature.
     n_restarts
-        Random restarts run in parallel (vmapped); the one with the best final objective
-        (log-likelihood plus log-prior on the training data) is kept.
+        Random restarts run in parallel (vmapped). The one kept has the highest training
+        log-likelihood of the model used at test time (one-hot adjacency hardened to its
+        argmax classes), not the highest EM objective: the log-prior is left out because
+        the one-hot prior's Concrete density jumps by hundreds to thousands of nats as
+        saturated logits are halved, and under both priors restarts that merge states
+        score a higher log-prior (see :func:`best_restart`).
     max_iter
         EM iterations.
     m_steps
@@ -721,6 +726,11 @@ class HMMGLM(NeurodataModel):
         ``(state, neuron)`` biases.
     rates_ : numpy.ndarray
         Per-neuron constant training rates (the bits/spike baseline).
+    train_loglik_ : float
+        Training marginal log-likelihood (nats) of the kept restart's hardened model.
+    restart_loglik_, restart_log_prior_ : numpy.ndarray
+        ``(n_restarts,)`` the same log-likelihood for every restart (the selection
+        criterion) and each restart's log-prior (the rest of the EM objective).
 
     Examples
     --------
