@@ -93,7 +93,7 @@ def test_onehot_prior_recovers_adjacency_better(sim, fitted):
     agree = np.mean(edges["onehot"].global_edges.values == edges["onehot"].vote_edges.values)
     assert agree >= 0.99, agree
     # Per-state 3-class edges after state matching. Over 4 simulator seeds the one-hot
-    # margin was 0.074-0.098; assert about half of the smallest.
+    # margin was 0.072-0.093; assert about half of the smallest.
     per_state = {}
     for p in ("none", "onehot"):
         perm, _, _ = _aligned(fitted[p], train, truth)
