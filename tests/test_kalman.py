@@ -92,6 +92,32 @@ def _log_partition(m0, P0, A, b, Q, J, h):
                   + info @ np.linalg.solve(post, info) - eta @ mean)
 
 
+def test_filter_normalizer_and_smoothed_means_match_dense(rng):
+    """The filter's log normalizer is the dense log Z; the keyless backward pass gives the
+    smoothed means; a drawn path's posterior log density is prior + potentials - log Z."""
+    from neurodata.models._jax.kalman import ffbs_with_normalizer
+
+    args = _problem(rng, T=5)
+    m0, P0, A, b, Q, J, h = args
+    mean, cov = _dense_posterior(*args)
+    means, log_z = ffbs_with_normalizer(None, *map(jnp.asarray, args))
+    np.testing.assert_allclose(log_z, _log_partition(*args), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(means).ravel(), mean, atol=1e-10)
+    x, log_z2 = ffbs_with_normalizer(jax.random.PRNGKey(3), *map(jnp.asarray, args))
+    x = np.asarray(x).ravel()
+    prior_mean, prior_cov = _dense_posterior(m0, P0, A, b, Q, np.zeros_like(J),
+                                             np.zeros_like(h))
+    from scipy.stats import multivariate_normal
+
+    D = m0.size
+    potentials = sum(h[t] @ x[t * D:(t + 1) * D]
+                     - 0.5 * x[t * D:(t + 1) * D] @ J[t] @ x[t * D:(t + 1) * D]
+                     for t in range(len(h)))
+    np.testing.assert_allclose(
+        multivariate_normal(prior_mean, prior_cov).logpdf(x) + potentials - float(log_z2),
+        multivariate_normal(mean, cov).logpdf(x), atol=1e-9)
+
+
 def test_backward_messages_give_the_smoothed_first_marginal(rng):
     """Prior of x_0 times beta_0 is the posterior of x_0 (every later potential enters beta_0)."""
     m0, P0, A, b, Q, J, h = _problem(rng, T=5)

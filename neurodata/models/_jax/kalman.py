@@ -114,6 +114,9 @@ class FilterResult(NamedTuple):
     """``(T, D)`` filtered means ``E[x_t | potentials_{0:t}]``."""
     precisions: jnp.ndarray
     """``(T, D, D)`` filtered precisions (inverse covariances)."""
+    log_normalizer: jnp.ndarray
+    """``log int p(x_{0:T-1}) prod_t exp(h_t^T x_t - x_t^T J_t x_t / 2) dx``: the log
+    marginal likelihood of the potentials under the dynamics."""
 
 
 def information_filter(m0, P0, A, b, Q, J_obs, h_obs) -> FilterResult:
@@ -133,25 +136,34 @@ def information_filter(m0, P0, A, b, Q, J_obs, h_obs) -> FilterResult:
     -------
     FilterResult
     """
-    def update(pred_mean, pred_prec, J_t, h_t):
+    def update(pred_mean, pred_cov, J_t, h_t):
+        # log int N(x; m, P) exp(h^T x - x^T J x / 2) dx with L = P^{-1}, L' = L + J,
+        # eta = L m + h: (eta^T L'^{-1} eta - m^T L m + log|L| - log|L'|) / 2
+        pred_chol = cholesky(pred_cov)
+        pred_prec = _inv(pred_chol)
+        info_pred = mm(pred_prec, pred_mean)
         prec = symmetrize(pred_prec + J_t)
         chol = cholesky(prec)
-        mean = cho_solve_small(chol, mm(pred_prec, pred_mean) + h_t)
-        return mean, prec, chol
+        info = info_pred + h_t
+        mean = cho_solve_small(chol, info)
+        log_z = 0.5 * (jnp.sum(info * mean, -1) - jnp.sum(info_pred * pred_mean, -1)
+                       - chol_logdet(pred_chol) - chol_logdet(chol))
+        return mean, prec, chol, log_z
 
-    mean0, prec0, chol0 = update(m0, _inv(cholesky(P0)), J_obs[0], h_obs[0])
+    mean0, prec0, chol0, log_z0 = update(m0, P0, J_obs[0], h_obs[0])
 
     def step(carry, inputs):
-        mean, chol = carry
+        mean, chol, log_z = carry
         A_t, b_t, Q_t, J_t, h_t = inputs
         pred_mean = mm(A_t, mean) + b_t
         pred_cov = mm(mm(A_t, _inv(chol)), _t(A_t)) + Q_t
-        mean, prec, chol = update(pred_mean, _inv(cholesky(pred_cov)), J_t, h_t)
-        return (mean, chol), (mean, prec)
+        mean, prec, chol, inc = update(pred_mean, pred_cov, J_t, h_t)
+        return (mean, chol, log_z + inc), (mean, prec)
 
-    _, (means, precs) = lax.scan(step, (mean0, chol0), (A, b, Q, J_obs[1:], h_obs[1:]))
+    (_, _, log_z), (means, precs) = lax.scan(step, (mean0, chol0, log_z0),
+                                             (A, b, Q, J_obs[1:], h_obs[1:]))
     return FilterResult(jnp.concatenate([mean0[None], means]),
-                        jnp.concatenate([prec0[None], precs]))
+                        jnp.concatenate([prec0[None], precs]), log_z)
 
 
 def ffbs(key: jax.Array, m0, P0, A, b, Q, J_obs, h_obs) -> jnp.ndarray:
@@ -172,11 +184,30 @@ def ffbs(key: jax.Array, m0, P0, A, b, Q, J_obs, h_obs) -> jnp.ndarray:
     >>> x.shape
     (5, 2)
     """
+    return ffbs_with_normalizer(key, m0, P0, A, b, Q, J_obs, h_obs)[0]
+
+
+def ffbs_with_normalizer(key: jax.Array | None, m0, P0, A, b, Q, J_obs, h_obs):
+    """:func:`ffbs` that also returns the filter's log normalizer.
+
+    The drawn path's density under the posterior is then ``log p(x) + sum_t (h_t^T x_t -
+    x_t^T J_t x_t / 2) - log_normalizer`` (``p`` the dynamics prior), which a
+    Metropolis-Hastings ratio with this draw as the proposal needs. With ``key=None`` the
+    backward pass takes conditional means instead of draws, which gives the smoothed means
+    ``E[x_t | potentials]`` (the backward conditionals are linear in ``x_{t+1}``).
+
+    Returns
+    -------
+    x, log_normalizer
+        ``(T, D)`` and a scalar (:attr:`FilterResult.log_normalizer`).
+    """
     filt = information_filter(m0, P0, A, b, Q, J_obs, h_obs)
     T = filt.means.shape[0]
-    keys = jax.random.split(key, T)
+    keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, T)
 
     def draw(k, mean, chol):
+        if key is None:
+            return mean
         eps = jax.random.normal(k, mean.shape, mean.dtype)
         return mean + solve_lower_transpose(chol, eps)
 
@@ -193,7 +224,7 @@ def ffbs(key: jax.Array, m0, P0, A, b, Q, J_obs, h_obs) -> jnp.ndarray:
 
     _, xs = lax.scan(back, x_last, (keys[:-1], filt.means[:-1], filt.precisions[:-1], A, b, Q),
                      reverse=True)
-    return jnp.concatenate([xs, x_last[None]])
+    return jnp.concatenate([xs, x_last[None]]), filt.log_normalizer
 
 
 def _absorb_transition(Omega, omega, A, b, Q):

@@ -180,7 +180,9 @@ class BiClustering(NeurodataModel):
     diagnostics_ : dict
         R-hat (rank-normalised split R-hat) and bulk ESS of the log-likelihood, the number of
         clusters and the number of states (R-hat 1 and ESS = all draws for a quantity that
-        is the same constant in every chain).
+        is the same constant in every chain); ``split_acceptance`` and
+        ``merge_acceptance``, the fractions of split and merge proposals accepted over every
+        sweep and chain.
 
     Examples
     --------
@@ -377,6 +379,10 @@ class BiClustering(NeurodataModel):
             bar.close()
         samples = {f: np.concatenate(v, axis=1) for f, v in draws.items()}
         self._summarise(ds, samples, np.concatenate(trace, axis=1))
+        # split-merge acceptance over every sweep and chain (burn-in included)
+        split, split_ok, merge, merge_ok = np.asarray(state.moves).sum(axis=0)
+        self.diagnostics_.update(split_acceptance=float(split_ok / max(split, 1)),
+                                 merge_acceptance=float(merge_ok / max(merge, 1)))
         return self
 
     # ------------------------------------------------------------------ summaries

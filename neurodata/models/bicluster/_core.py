@@ -71,6 +71,7 @@ from neurodata.models._jax.kalman import (
     cholesky,
     condition,
     ffbs,
+    ffbs_with_normalizer,
     log_expected_potential,
     mm,
     solve_lower,
@@ -133,6 +134,7 @@ class ChainState(NamedTuple):
     trans: jnp.ndarray  # (S, S) transition matrix
     loglik: jnp.ndarray  # () log p(y | params)
     sweep: jnp.ndarray  # () number of sweeps done
+    moves: jnp.ndarray  # (4,) split-merge: splits proposed, accepted; merges proposed, accepted
 
 
 class Data(NamedTuple):
@@ -157,7 +159,8 @@ def make_data(y, y_max: int | None = None) -> Data:
 
 def log_rate(state: ChainState) -> jnp.ndarray:
     """``psi_it = delta_i + mu^{(z_i)}_t + c_i^T x^{(z_i)}_t``, shape ``(T, N)``."""
-    v = jnp.concatenate([jnp.ones_like(state.loadings[:, :1]), state.loadings], axis=1)
+    N = state.loadings.shape[0]
+    v = jnp.concatenate([jnp.ones((N, 1), state.loadings.dtype), state.loadings], axis=1)
     return state.delta[None, :] + jnp.einsum("tnd,nd->tn", state.latents[:, state.z, :], v)
 
 
@@ -174,6 +177,19 @@ def _dirichlet(key, alpha):
     return g / jnp.sum(g, axis=-1, keepdims=True)
 
 
+def _potentials(members, delta, loadings, log_r, omega, kappa):
+    """Potentials ``(J, h)`` of trajectories ``(G, T, d, d)``, ``(G, T, d)`` given the PG variables.
+
+    ``members`` ``(N, G)`` says which neurons load on trajectory ``g`` with baselines
+    ``delta`` ``(N,)`` and loadings ``(N, p)``.
+    """
+    v = jnp.concatenate([jnp.ones((loadings.shape[0], 1), loadings.dtype), loadings], axis=1)
+    resid = kappa - omega * (delta - log_r)[None, :]
+    J = jnp.einsum("tn,nk,nd,ne->ktde", omega, members, v, v)
+    h = jnp.einsum("tn,nk,nd->ktd", resid, members, v)
+    return J, h
+
+
 def observation_potentials(state: ChainState, omega, kappa):
     """Information-form potentials of every cluster's trajectory given the PG variables.
 
@@ -183,11 +199,8 @@ def observation_potentials(state: ChainState, omega, kappa):
     """
     K = state.latents.shape[1]
     onehot = jax.nn.one_hot(state.z, K, dtype=omega.dtype)
-    v = jnp.concatenate([jnp.ones_like(state.loadings[:, :1]), state.loadings], axis=1)
-    resid = kappa - omega * (state.delta - jnp.log(state.dispersion))[None, :]
-    J = jnp.einsum("tn,nk,nd,ne->ktde", omega, onehot, v, v)
-    h = jnp.einsum("tn,nk,nd->ktd", resid, onehot, v)
-    return J, h
+    return _potentials(onehot, state.delta, state.loadings, jnp.log(state.dispersion), omega,
+                       kappa)
 
 
 def _per_cluster(a, states):
@@ -537,22 +550,113 @@ def log_partition_prior(counts, priors: Priors) -> jnp.ndarray:
     return jnp.sum(gammaln(counts + a) - gammaln(a))
 
 
-def _split_merge_move(key, z, loglik, priors: Priors):
-    """One Jain & Neal (2004) split-merge proposal for the labels, accepted by MH.
+class MoveContext(NamedTuple):
+    """What the split-merge moves condition on (none of it changes during the moves)."""
 
-    The target is ``p(z | X, omega, ...)`` with the weights and every ``(delta_i, c_i)``
-    integrated out: ``log p(z) + sum_i loglik[i, z_i]`` (:func:`log_partition_prior`;
-    ``loglik`` from :func:`cluster_log_marginals` with zero log-weights). Neurons ``i != j``
-    are drawn uniformly. If they share a slot, a split moves ``i`` to an empty slot chosen
-    uniformly and allocates the other members by one restricted Gibbs scan from the launch
-    state; otherwise the two clusters merge into ``j``'s slot, and the reverse split's
-    probability of recreating ``z`` enters the ratio. The launch state (uniform random
-    allocation then ``priors.split_merge_scans`` restricted scans) does not depend on the
-    current allocation, as Jain & Neal require. Given the trajectories the neurons'
-    marginals are independent, so a scan costs ``O(N^2)`` additions.
+    omega: jnp.ndarray  # (T, N) PG variables
+    kappa: jnp.ndarray  # (T, N)
+    log_r: jnp.ndarray  # (N,)
+    A: jnp.ndarray  # (S, K, d, d) dynamics of every slot
+    b: jnp.ndarray
+    Q: jnp.ndarray
+    states: jnp.ndarray  # (T,)
+
+
+class Marginals(NamedTuple):
+    """Collapsed marginals of every neuron and slot (:func:`cluster_log_marginals`).
+
+    Log marginal, posterior mean and precision Cholesky of ``(delta_i, c_i)``; the
+    split-merge moves keep them in step with the trajectories.
     """
-    N, K = loglik.shape
-    k_i, k_j, k_slot, k_launch, k_scans, k_final, k_acc = jax.random.split(key, 7)
+
+    loglik: jnp.ndarray  # (N, K)
+    mean: jnp.ndarray  # (N, K, d)
+    chol: jnp.ndarray  # (N, K, d, d)
+
+
+def _marginal_column(x, ctx: MoveContext) -> Marginals:
+    """:class:`Marginals` of every neuron under one trajectory ``x`` ``(T, d)``: ``(N, 1, ...)``."""
+    loglik, mean, chol = cluster_log_marginals(x[:, None], ctx.omega, ctx.kappa, ctx.log_r,
+                                               jnp.zeros(1))
+    # an overflowed prior-drawn trajectory explains nobody (see sample_clusters)
+    return Marginals(jnp.where(jnp.isfinite(loglik), loglik, -jnp.inf), mean, chol)
+
+
+def sample_prior_paths(key, A_t, b_t, Q_t) -> jnp.ndarray:
+    """Trajectories ``(T, G, d)`` from the dynamics prior, ``x_0 ~ N(0, I)``.
+
+    ``A_t``, ``b_t``, ``Q_t`` are the ``T - 1`` transitions of ``G`` independent slots:
+    ``(T - 1, G, d, d)``, ``(T - 1, G, d)``, ``(T - 1, G, d, d)``.
+    """
+    k0, k1 = jax.random.split(key)
+    x0 = jax.random.normal(k0, b_t.shape[1:], b_t.dtype)
+    noise = mm(cholesky(Q_t), jax.random.normal(k1, b_t.shape, b_t.dtype))
+
+    def step(x, inputs):
+        A, b, e = inputs
+        x = mm(A, x) + b + e
+        return x, x
+
+    _, xs = lax.scan(step, x0, (A_t, b_t, noise))
+    return jnp.concatenate([x0[None], xs])
+
+
+def _split_merge_move(key, carry, ctx: MoveContext, priors: Priors):
+    r"""One split-merge proposal of the labels and one slot's trajectory, accepted by MH.
+
+    The target is the conditional of the labels ``z`` and the trajectories ``X`` given the PG
+    variables, the dispersions, the states and every slot's dynamics, with the mixture
+    weights and each neuron's ``(delta_i, c_i)`` integrated out:
+
+    .. math::
+
+        \pi(z, X) \propto p(z) \prod_k p_k(X^{(k)}) \prod_i M_i(X^{(z_i)}),
+
+    ``p(z)`` from :func:`log_partition_prior`, ``p_k`` the dynamics prior of slot ``k``,
+    ``M_i`` the Gaussian integral over ``(delta_i, c_i)`` (:func:`cluster_log_marginals`).
+    Neurons ``i != j`` are drawn uniformly; ``c = z_j`` keeps its trajectory ``X^{(c)}``
+    either way.
+
+    *Split* (``z_i = z_j = c``): an empty slot ``e`` is chosen uniformly among the
+    ``n_0`` empty ones; ``i`` goes to ``e``, ``j`` stays, and the other members of ``c`` are
+    allocated between ``c`` and ``e`` by restricted Gibbs scans (Jain & Neal 2004) from a
+    launch state; then ``X^{(e)}`` is drawn by Kalman FFBS from
+    ``q(X | E) = p_e(X) \exp(U_E(X)) / Z_E`` with ``U_E`` the PG potentials of the
+    neurons ``E`` in ``e`` (at fixed plug-in baselines and loadings, below) and ``Z_E`` the
+    filter's normaliser. *Merge* (``z_i = e != c``): every member of ``e`` moves to ``c``
+    and the emptied slot gets a fresh draw ``X' ~ p_e`` (it must: the reverse split draws a
+    new trajectory for it). The move is its own reverse pair, so
+
+    .. math::
+
+        \log\alpha_{split} = \log\frac{p(z')}{p(z)} + \sum_{n \in E}
+        [\log M_n(X^{(e)}_{new}) - \log M_n(X^{(c)})] + \log Z_E - U_E(X^{(e)}_{new})
+        + \log n_0 - \log q_{alloc}(E),
+
+    (``p_e(X_new) / q(X_new) = Z_E / exp(U_E(X_new))``; the old empty-slot trajectory's prior
+    density cancels against the reverse merge's fresh prior draw), and for a merge of
+    ``E = members(e)``
+
+    .. math::
+
+        \log\alpha_{merge} = \log\frac{p(z')}{p(z)} + \sum_{n \in E}
+        [\log M_n(X^{(c)}) - \log M_n(X^{(e)})] + U_E(X^{(e)}) - \log Z_E
+        - \log(n_0 + 1) + \log q_{alloc}(E),
+
+    with ``q_alloc(E)`` the probability that the final restricted scan recreates the current
+    allocation. The restricted scans weigh label ``c`` by ``M_n(X^{(c)})`` and label ``e`` by
+    ``M_n`` under a *launch trajectory*: the smoothed mean of ``X`` given neuron ``i``
+    alone. Everything that shapes the proposal (the launch trajectory, the plug-ins: each
+    neuron's posterior mean of ``(delta_n, c_n)`` under ``X^{(c)}``, slot ``e``'s dynamics,
+    the random launch allocation) is the same before and after the move, as the detailed
+    balance above needs. Returns the new carry and ``(split proposed, merge proposed,
+    accepted)``.
+    """
+    z, latents, marg = carry
+    N, K = marg.loglik.shape
+    d = latents.shape[2]
+    k_i, k_j, k_slot, k_launch, k_scans, k_final, k_path, k_prior, k_acc = jax.random.split(
+        key, 9)
     i = jax.random.randint(k_i, (), 0, N)
     j = (i + jax.random.randint(k_j, (), 1, N)) % N
     counts = jnp.zeros(K).at[z].add(1.0)
@@ -562,10 +666,30 @@ def _split_merge_move(key, z, loglik, priors: Priors):
     a = (priors.cluster_concentration if priors.cluster_prior == "mfm"
          else priors.cluster_concentration / K)
     slot = jax.random.categorical(k_slot, jnp.where(empty, 0.0, -jnp.inf))
-    ci = jnp.where(same, slot, z[i]).astype(z.dtype)
-    cj = z[j]
+    e = jnp.where(same, slot, z[i]).astype(z.dtype)
+    c = z[j]
     idx = jnp.arange(N)
     movable = ((z == z[i]) | (z == z[j])) & (idx != i) & (idx != j)
+    dyn = tuple(m[ctx.states[:-1], e] for m in (ctx.A, ctx.b, ctx.Q))  # slot e, (T - 1, ...)
+
+    def smooth(key, members, plug):
+        J, h = _potentials(members[:, None].astype(plug.dtype), plug[:, 0], plug[:, 1:],
+                           ctx.log_r, ctx.omega, ctx.kappa)
+        x, log_z = ffbs_with_normalizer(key, jnp.zeros(d), jnp.eye(d), *dyn, J[0], h[0])
+
+        def potential(x):
+            return jnp.sum(h[0] * x) - 0.5 * jnp.sum(x * mm(J[0], x))
+
+        return x, log_z, potential
+
+    # launch trajectory, in two deterministic stages that see only what the move keeps
+    # fixed: smoothed given neuron i (plug-ins: posterior means of (delta_n, c_n) under
+    # X^(c)), then given i and every movable neuron that it explains better than X^(c) does
+    col_c = marg.loglik[:, c]
+    first = _marginal_column(smooth(None, idx == i, marg.mean[:, c])[0], ctx)
+    greedy = (movable & (first.loglik[:, 0] > col_c)) | (idx == i)
+    launch = _marginal_column(smooth(None, greedy, first.mean[:, 0])[0], ctx)
+    col_e = launch.loglik[:, 0]
 
     def scan_once(key, labels, target, forced):
         """Restricted Gibbs scan over ``movable``: new labels and log q of the outcome.
@@ -576,77 +700,100 @@ def _split_merge_move(key, z, loglik, priors: Priors):
             labels, logq = carry
             n, u = inputs
             others = labels.at[n].set(-1)
-            lp_i = jnp.log(jnp.sum(others == ci) + a) + loglik[n, ci]
-            lp_j = jnp.log(jnp.sum(others == cj) + a) + loglik[n, cj]
-            norm = jnp.logaddexp(lp_i, lp_j)
-            to_i = jnp.where(forced, target[n] == ci, jnp.log(u) < lp_i - norm)
-            lq = jnp.where(to_i, lp_i, lp_j) - norm
-            labels = labels.at[n].set(jnp.where(movable[n], jnp.where(to_i, ci, cj), labels[n]))
+            lp_e = jnp.log(jnp.sum(others == e) + a) + col_e[n]
+            lp_c = jnp.log(jnp.sum(others == c) + a) + col_c[n]
+            norm = jnp.logaddexp(lp_e, lp_c)
+            to_e = jnp.where(forced, target[n] == e, jnp.log(u) < lp_e - norm)
+            lq = jnp.where(to_e, lp_e, lp_c) - norm
+            labels = labels.at[n].set(jnp.where(movable[n], jnp.where(to_e, e, c), labels[n]))
             return (labels, logq + jnp.where(movable[n], lq, 0.0)), None
 
         (labels, logq), _ = lax.scan(step, (labels, 0.0),
                                      (idx, jax.random.uniform(key, (N,))))
         return labels, logq
 
-    launch = jnp.where(jax.random.bernoulli(k_launch, 0.5, (N,)), ci, cj)
-    launch = jnp.where(movable, launch, z).at[i].set(ci).at[j].set(cj)
-    launch = lax.scan(lambda lab, k: (scan_once(k, lab, z, False)[0], None), launch,
+    labels = jnp.where(jax.random.bernoulli(k_launch, 0.5, (N,)), e, c)
+    labels = jnp.where(movable, labels, z).at[i].set(e).at[j].set(c)
+    labels = lax.scan(lambda lab, k: (scan_once(k, lab, z, False)[0], None), labels,
                       jax.random.split(k_scans, priors.split_merge_scans))[0]
     # the final scan and the forced scan that would recreate z (reverse probability), as
     # one vmapped scan (one copy to compile)
     final, logq = jax.vmap(scan_once, in_axes=(None, None, None, 0))(
-        k_final, launch, z, jnp.asarray([False, True]))
+        k_final, labels, z, jnp.asarray([False, True]))
     split, logq_split, logq_back = final[0], logq[0], logq[1]
-    merged = jnp.where(movable | (idx == i), cj, z)
+    in_e = jnp.where(same, split == e, z == e)  # the neurons of slot e when it is occupied
+    # proposal given them, plug-ins under the launch trajectory
+    x_split, log_z, potential = smooth(k_path, in_e, launch.mean[:, 0])
+    x_merge = sample_prior_paths(k_prior, *(m[:, None] for m in dyn))[:, 0]
+    x_new = jnp.where(same, x_split, x_merge)
+    col_new = _marginal_column(x_new, ctx)
+    merged = jnp.where(movable | (idx == i), c, z)
     proposal = jnp.where(same, split, merged)
-
-    def log_target(labels):
-        return (log_partition_prior(jnp.zeros(K).at[labels].add(1.0), priors)
-                + jnp.sum(loglik[idx, labels]))
-
-    # q(split) = q(slot) q(allocation); q(merge) = 1
-    log_ratio = log_target(proposal) - log_target(z) + jnp.where(
-        same, jnp.log(jnp.maximum(n_empty, 1.0)) - logq_split,
-        -jnp.log(n_empty + 1.0) + logq_back)
+    prior_ratio = (log_partition_prior(jnp.zeros(K).at[proposal].add(1.0), priors)
+                   - log_partition_prior(counts, priors))
+    data_split = jnp.sum(jnp.where(in_e, col_new.loglik[:, 0] - col_c, 0.0))
+    data_merge = jnp.sum(jnp.where(in_e, col_c - marg.loglik[:, e], 0.0))
+    log_ratio = prior_ratio + jnp.where(
+        same,
+        data_split + log_z - potential(x_split) + jnp.log(jnp.maximum(n_empty, 1.0))
+        - logq_split,
+        data_merge + potential(latents[:, e]) - log_z - jnp.log(n_empty + 1.0) + logq_back)
+    log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
     accept = (jnp.log(jax.random.uniform(k_acc)) < log_ratio) & ~(same & (n_empty == 0))
-    return jnp.where(accept, proposal, z).astype(z.dtype)
+    z = jnp.where(accept, proposal, z).astype(z.dtype)
+    latents = latents.at[:, e].set(jnp.where(accept, x_new, latents[:, e]))
+    marg = Marginals(*(m.at[:, e].set(jnp.where(accept, new[:, 0], m[:, e]))
+                       for m, new in zip(marg, col_new, strict=True)))
+    return (z, latents, marg), jnp.stack([same, ~same, accept]).astype(jnp.int32)
 
 
-def split_merge(key, z, loglik, priors: Priors):
-    """``priors.split_merge_moves`` successive split-merge proposals (see above)."""
-    def move(z, k):
-        return _split_merge_move(k, z, loglik, priors), None
+def split_merge(key, z, latents, marg: Marginals, ctx: MoveContext, priors: Priors):
+    """``priors.split_merge_moves`` successive split-merge proposals (see above).
 
-    return lax.scan(move, z, jax.random.split(key, priors.split_merge_moves))[0]
+    Returns the labels, trajectories and :class:`Marginals` after the moves, and counts
+    ``(4,)`` of proposed and accepted splits and merges.
+    """
+    def move(carry, k):
+        return _split_merge_move(k, carry, ctx, priors)
+
+    (z, latents, marg), info = lax.scan(move, (z, latents, marg),
+                                        jax.random.split(key, priors.split_merge_moves))
+    split, merge, accepted = info[:, 0], info[:, 1], info[:, 2]
+    counts = jnp.stack([jnp.sum(split), jnp.sum(split * accepted), jnp.sum(merge),
+                        jnp.sum(merge * accepted)]).astype(jnp.int32)
+    return z, latents, marg, counts
 
 
-def sample_clusters(key, state: ChainState, latents, omega, kappa, priors: Priors):
+def sample_clusters(key, state: ChainState, omega, kappa, priors: Priors):
     """Split-merge moves, the mixture weights, then ``(z_i, delta_i, c_i)`` for every neuron.
 
-    The split-merge moves target the labels with the weights integrated out; the weights
-    are then drawn given the new labels (a partially collapsed Gibbs step).
+    The split-merge moves target the labels and trajectories with the weights integrated
+    out; the weights are then drawn given the new labels (a partially collapsed Gibbs step).
+    Returns the weights, labels, baselines, loadings, trajectories and the split-merge
+    counts (:func:`split_merge`).
     """
-    K = latents.shape[1]
+    K = state.latents.shape[1]
     k_sm, k_w, k_z, k_beta = jax.random.split(key, 4)
-    loglik, mean, chol = cluster_log_marginals(latents, omega, kappa, jnp.log(state.dispersion),
-                                               jnp.zeros(K))
+    log_r = jnp.log(state.dispersion)
+    marg = Marginals(*cluster_log_marginals(state.latents, omega, kappa, log_r, jnp.zeros(K)))
     # Numerical guard: an empty slot's trajectory is a draw from the dynamics prior, whose
     # heavy-tailed inverse-Wishart allows explosive blocks; over hundreds of bins such a
     # draw can overflow. A neuron's likelihood under it is zero in exact arithmetic, so the
     # slot is simply not available to the neurons (it never is for an occupied slot,
     # whose trajectory the counts hold down).
-    loglik = jnp.where(jnp.isfinite(loglik), loglik, -jnp.inf)
-    z = state.z
+    marg = marg._replace(loglik=jnp.where(jnp.isfinite(marg.loglik), marg.loglik, -jnp.inf))
+    z, latents = state.z, state.latents
+    counts = jnp.zeros(4, jnp.int32)
     if priors.split_merge_moves > 0 and z.shape[0] > 1:
-        z = split_merge(k_sm, z, loglik, priors)
+        ctx = MoveContext(omega, kappa, log_r, state.A, state.b, state.Q, state.states)
+        z, latents, marg, counts = split_merge(k_sm, z, latents, marg, ctx, priors)
     weights = sample_weights(k_w, z, K, priors)
     log_w = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
-    z = jax.random.categorical(k_z, loglik + log_w[None, :], axis=1).astype(jnp.int32)
+    z = jax.random.categorical(k_z, marg.loglik + log_w[None, :], axis=1).astype(jnp.int32)
     idx = jnp.arange(z.shape[0])
-    m, L = mean[idx, z], chol[idx, z]
-    eps = jax.random.normal(k_beta, m.shape)
-    beta = m + solve_lower_transpose(L, eps)
-    return weights, z, beta[:, 0], beta[:, 1:]
+    m, L = marg.mean[idx, z], marg.chol[idx, z]
+    beta = m + solve_lower_transpose(L, jax.random.normal(k_beta, m.shape))
+    return weights, z, beta[:, 0], beta[:, 1:], latents, counts
 
 
 def _dispersion_terms(u, data: Data, rate):
@@ -761,9 +908,12 @@ def sweep(key, state: ChainState, data: Data, priors: Priors, negbin: bool) -> C
         keys[8], state._replace(latents=latents, states=states, A=A, b=b, Q=Q), J, h, occupied,
         priors)
     beta, trans = sample_transitions(keys[4], states, state.beta, priors)
-    weights, z, delta, loadings = sample_clusters(keys[5], state, latents, omega, kappa, priors)
+    weights, z, delta, loadings, latents, moves = sample_clusters(
+        keys[5], state._replace(latents=latents, states=states, A=A, b=b, Q=Q), omega, kappa,
+        priors)
     new = state._replace(z=z, weights=weights, delta=delta, loadings=loadings, latents=latents,
-                         states=states, A=A, b=b, Q=Q, beta=beta, trans=trans)
+                         states=states, A=A, b=b, Q=Q, beta=beta, trans=trans,
+                         moves=state.moves + moves)
     psi = log_rate(new)
     if negbin:
         dispersion, loglik = sample_dispersion(keys[6], data, psi, r, priors)
@@ -819,6 +969,7 @@ def init_state(data: Data, z0, states0, latents0, loadings0, n_states: int, prio
         trans=jnp.asarray(trans / np.sum(trans, axis=1, keepdims=True)),
         loglik=jnp.asarray(-jnp.inf),
         sweep=jnp.asarray(0, dtype=jnp.int32),
+        moves=jnp.zeros(4, dtype=jnp.int32),
     )
 
 
@@ -889,16 +1040,7 @@ def sample_prior(key, n_time: int, n_neurons: int, n_slots: int, n_states: int, 
     # prior MNIW draws: the posterior update with no data
     empty = jnp.zeros((T, K, d))
     A, b, Q = sample_dynamics(keys[4], empty, states, jnp.zeros(K), S, priors)
-    x0 = jax.random.normal(keys[5], (K, d))
-
-    def step(x, inputs):
-        s, k = inputs
-        noise = jnp.einsum("kde,ke->kd", psd_cholesky(Q[s]), jax.random.normal(k, (K, d)))
-        x = jnp.einsum("kde,ke->kd", A[s], x) + b[s] + noise
-        return x, x
-
-    _, xs = lax.scan(step, x0, (states[:-1], jax.random.split(keys[6], T - 1)))
-    latents = jnp.concatenate([x0[None], xs])
+    latents = sample_prior_paths(keys[5], *(m[states[:-1]] for m in (A, b, Q)))
     if priors.cluster_prior == "mfm":
         k = 1 + jax.random.categorical(keys[7], jnp.log(priors.mfm_geometric)
                                        + jnp.arange(K) * jnp.log1p(-priors.mfm_geometric))
@@ -915,7 +1057,7 @@ def sample_prior(key, n_time: int, n_neurons: int, n_slots: int, n_states: int, 
     state = ChainState(z=z, weights=weights, delta=coef[:, 0], loadings=coef[:, 1:],
                        dispersion=dispersion, latents=latents, states=states, A=A, b=b, Q=Q,
                        beta=beta, trans=trans, loglik=jnp.asarray(0.0),
-                       sweep=jnp.asarray(0, dtype=jnp.int32))
+                       sweep=jnp.asarray(0, dtype=jnp.int32), moves=jnp.zeros(4, jnp.int32))
     return state, sample_counts(k_y, state)
 
 
