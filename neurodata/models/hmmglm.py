@@ -439,7 +439,7 @@ class _Helpers(NamedTuple):
     proba: Any
     viterbi: Any
     loglik: Any
-    restart_scores: Any
+    log_priors: Any
     hard_weights: Any
 
 
@@ -461,21 +461,20 @@ def _jitted_helpers(cfg: _Config) -> _Helpers:
     def loglik(params, data):
         return marginal_loglik(params, data, cfg)
 
-    def restart_scores(params, data):
-        # (hardened) log-likelihood and log-prior of every restart (leading axis)
-        return jax.vmap(lambda p: (marginal_loglik(p, data, cfg), log_prior(p.glm, cfg)))(params)
+    def log_priors(glm):
+        return jax.vmap(lambda g: log_prior(g, cfg))(glm)
 
     def hard_weights(glm):
         return effective_weights(glm, cfg, hard=True)
 
-    return _Helpers(*(jax.jit(f) for f in (proba, viterbi, loglik, restart_scores,
-                                            hard_weights)))
+    return _Helpers(*(jax.jit(f) for f in (proba, viterbi, loglik, log_priors, hard_weights)))
 
 
 class _Restarts(NamedTuple):
     """Every restart of one fit, before one is kept (leading axis of ``params``)."""
 
     params: Params
+    """numpy arrays with a leading restart axis."""
     loglik: np.ndarray
     """Training log-likelihood of each restart's hardened model (the selection rule)."""
     log_prior: np.ndarray
@@ -484,6 +483,11 @@ class _Restarts(NamedTuple):
     basis: np.ndarray
     rates: np.ndarray
     ids: np.ndarray
+
+
+def _restart(params: Params, index: int) -> Params:
+    """One restart of host (numpy) parameters stacked over restarts."""
+    return jax.tree_util.tree_map(lambda a: np.array(a[index]), params)
 
 
 def best_restart(loglik: np.ndarray) -> int:
@@ -895,15 +899,21 @@ class HMMGLM(NeurodataModel):
                                                      self.shared_bias))(keys)
         params, objectives, converged = run(cfg, params=params)
         history.append(objectives)
-        loglik, logp = (np.asarray(a) for a in
-                        _jitted_helpers(cfg).restart_scores(params, data))
+        # Restart by restart with the held-out scorer, whose compiled form then serves
+        # score() on data of the training set's shape (cross-validation folds).
+        # (Indexed on the host: eager indexing of device arrays compiles per shape.)
+        helpers = _jitted_helpers(cfg)
+        params = jax.tree_util.tree_map(np.asarray, params)
+        loglik = np.array([float(helpers.loglik(_restart(params, i), data))
+                           for i in range(len(keys))])
+        logp = np.asarray(helpers.log_priors(params.glm))
         return _Restarts(params, loglik, logp, np.concatenate(history), converged, basis,
                          rates, ids)
 
     def _keep(self, restarts: _Restarts, index: int | None = None) -> HMMGLM:
         """Set the fitted attributes from one restart (default: :func:`best_restart`)."""
         best = best_restart(restarts.loglik) if index is None else int(index)
-        params = jax.tree_util.tree_map(lambda a: np.asarray(a[best]), restarts.params)
+        params = _restart(restarts.params, best)
         self.params_ = {"initial": params.initial, "transition": params.transition,
                         **{f: getattr(params.glm, f) for f in GLMParams._fields}}
         self.basis_ = restarts.basis
