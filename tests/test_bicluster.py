@@ -315,7 +315,7 @@ def test_split_merge_splits_a_planted_under_split():
     The PG variables are drawn given the true log-rates; slot 0 holds the first cluster's
     true trajectory, the two other slots prior draws (the old labels-only move, which
     offered a new cluster only such a prior draw, never split here). Ten moves in each of
-    200 independent runs: the second cluster must end up in a slot of its own, with at least
+    100 independent runs: the second cluster must end up in a slot of its own, with at least
     6 of its 8 neurons and at most one of the first cluster's (the restricted scans
     allocate weakly informative, low-rate neurons either way, and the exact move may split
     a single neuron off into the third slot; the label step of a sweep moves such neurons
@@ -345,7 +345,7 @@ def test_split_merge_splits_a_planted_under_split():
         z, _, _, counts = _core.split_merge(k_moves, merged, latents, marg, ctx, priors)
         return z, counts
 
-    z, counts = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(1), 200))
+    z, counts = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(1), 100))
     z, counts = np.asarray(z), np.asarray(counts).sum(0)
     first, second = truth["neuron_clusters"] == 0, truth["neuron_clusters"] == 1
     own = np.array([np.bincount(zz[second], minlength=K).argmax() for zz in z])
@@ -463,9 +463,15 @@ def paper_simulation():
     return simulate(n_time=500, seed=0)
 
 
-def test_checkpoint_resume_gives_identical_draws(tmp_path, paper_simulation):
+@pytest.fixture(scope="module")
+def short_fit(paper_simulation):
+    """A short uninterrupted run (3 blocks of 2 sweeps, 4 chains), shared by the tests below."""
+    return BiClustering(n_samples=4, burn_in=2, **PAPER).fit(paper_simulation[0])
+
+
+def test_checkpoint_resume_gives_identical_draws(tmp_path, paper_simulation, short_fit):
     ds, _ = paper_simulation
-    full = BiClustering(n_samples=4, burn_in=2, **PAPER).fit(ds)
+    full = short_fit
     path = tmp_path / "chain.npz"
     BiClustering(n_samples=2, burn_in=2, checkpoint=path, **PAPER).fit(ds)  # "interrupted"
     assert path.exists() and not list(tmp_path.glob(".chain*"))
@@ -474,6 +480,7 @@ def test_checkpoint_resume_gives_identical_draws(tmp_path, paper_simulation):
         np.testing.assert_array_equal(resumed.posterior_[name].values,
                                       full.posterior_[name].values)
     np.testing.assert_array_equal(resumed.loglik_trace_.values, full.loglik_trace_.values)
+    assert resumed.diagnostics_["split_acceptance"] == full.diagnostics_["split_acceptance"]
     other = ds.copy()
     other["activity"] = other.activity[::-1].assign_coords(time=ds.time)
     with pytest.raises(InputDataError, match="other data"):
@@ -485,12 +492,11 @@ def test_checkpoint_resume_gives_identical_draws(tmp_path, paper_simulation):
     assert full.to_inference_data().posterior["loglik"].shape == (4, 4)
 
 
-def test_diagnostics_without_arviz_warn_and_stay_empty(monkeypatch, paper_simulation):
-    model = BiClustering(n_samples=4, burn_in=2, **PAPER).fit(paper_simulation[0])
-    assert set(model.diagnostics_) >= {"rhat_loglik", "ess_n_clusters"}
+def test_diagnostics_without_arviz_warn_and_stay_empty(monkeypatch, short_fit):
+    assert set(short_fit.diagnostics_) >= {"rhat_loglik", "ess_n_clusters", "split_acceptance"}
     monkeypatch.setitem(sys.modules, "arviz", None)  # the optional extra is not installed
     with pytest.warns(UserWarning, match="neurodata\\[mcmc\\]"):
-        assert model._diagnostics() == {}
+        assert short_fit._diagnostics() == {}
 
 
 def test_recovers_planted_biclusters(paper_simulation):

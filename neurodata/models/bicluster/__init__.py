@@ -15,8 +15,9 @@ of components. The sweep is in
 :mod:`neurodata.models.bicluster._core`; every block draws from its exact conditional (no
 history-dependent heuristics, no Laplace approximations): besides the conditional updates
 the states get a single-site update with every trajectory integrated out (which moves state
-boundaries to where the counts put them), the neuron labels Jain-Neal split-merge
-proposals, each state's innovations and noise covariance an interweaving rescaling move,
+boundaries to where the counts put them), the neuron labels split-merge proposals whose
+splits also draw the new cluster's trajectory from its members' counts, each state's
+innovations and noise covariance an interweaving rescaling move,
 and the dispersions an independence Metropolis-Hastings step at fixed log-rates (the two
 moves that bring the log-likelihood's R-hat across 4 chains below 1.05 on the paper's
 simulation). Chains start from k-means initialisations (``init_clusters``, ``init_states``;
@@ -150,7 +151,9 @@ class BiClustering(NeurodataModel):
     cluster_concentration, hmm_alpha, hmm_gamma, hmm_kappa
         Prior hyperparameters (see :class:`~neurodata.models.bicluster._core.Priors`).
     split_merge
-        Jain-Neal split-merge proposals for the neuron labels per sweep (0: none).
+        Split-merge proposals for the neuron labels per sweep (0: none); a split draws the
+        new cluster's trajectory from its members' counts (Kalman FFBS), so that an
+        under-split is found without waiting for single neurons to move one by one.
     progress
         Show a tqdm bar.
 
