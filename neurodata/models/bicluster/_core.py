@@ -957,20 +957,23 @@ def init_state(data: Data, z0, states0, latents0, loadings0, n_states: int, prio
     A, b = AB[..., :d], AB[..., d]
     if priors.shared_dynamics:
         A, b, Q = (np.broadcast_to(a[:, None], (n_states, K, *a.shape[1:])) for a in (A, b, Q))
+    # numpy values throughout: a weak-typed field (a Python scalar through jnp.full) would
+    # give the compiled runner another signature than a state resumed from a checkpoint,
+    # and the resumed fit would compile the sampler a second time
     return ChainState(
         z=jnp.asarray(z0),
-        weights=jnp.full(K, 1.0 / K),
+        weights=jnp.asarray(np.full(K, 1.0 / K)),
         delta=jnp.asarray(delta),
         loadings=jnp.asarray(loadings0, dtype=float),
-        dispersion=jnp.full(N, r0),
+        dispersion=jnp.asarray(np.full(N, float(r0))),
         latents=jnp.asarray(latents0),
         states=jnp.asarray(states0),
         A=jnp.asarray(A),
         b=jnp.asarray(b),
         Q=jnp.asarray(Q),
-        beta=jnp.full(n_states, 1.0 / n_states),
+        beta=jnp.asarray(np.full(n_states, 1.0 / n_states)),
         trans=jnp.asarray(trans / np.sum(trans, axis=1, keepdims=True)),
-        loglik=jnp.asarray(-jnp.inf),
+        loglik=jnp.asarray(np.float64(-np.inf)),
         sweep=jnp.asarray(0, dtype=jnp.int32),
         moves=jnp.zeros(4, dtype=jnp.int32),
     )
