@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.linalg import subspace_angles
+from scipy.stats import multivariate_normal
 
 import neurodata  # noqa: F401  (x64)
 from neurodata.errors import InputDataError
@@ -298,3 +299,59 @@ def test_inverse_cholesky_and_triangle_products_at_recursive_sizes(rng):
                                    x @ u, atol=1e-12)
         np.testing.assert_allclose(np.asarray(_core._upper_times(jnp.asarray(u), jnp.asarray(x))),
                                    u @ x, atol=1e-12)
+
+
+@pytest.mark.parametrize(("p", "h"), [(5, 50), (25, 8)])
+def test_bordered_posterior_covariance_equals_dense_inverse(rng, p, h):
+    """The latent-group bordering against a dense inverse of ``blockdiag(K^-1) + W (x) I``.
+
+    ``(5, 50)``: groups of two latents, weighted sums of slices; ``(25, 8)``: groups of 12,
+    the weighted sums as a product. Covariance, its latent-diagonal blocks, the traces of
+    all its latent blocks and ``log|K| + log|M|`` to 1e-10.
+    """
+    g = rng.normal(size=(p, h, 2 * h))
+    kernels = g @ np.swapaxes(g, 1, 2) / h + 0.1 * np.eye(h)
+    c = rng.normal(size=(3 * p, p))
+    W = c.T @ c
+    f = jax.jit(_core._half_factor)(jnp.asarray(kernels), jnp.asarray(W))
+    assert f.tail.shape[0] > 0  # the last update is left unapplied
+    k_inv = np.linalg.inv(kernels)
+    prec = np.kron(W, np.eye(h))
+    for i in range(p):
+        prec[i * h:(i + 1) * h, i * h:(i + 1) * h] += k_inv[i]
+    cov = np.linalg.inv(prec)
+    np.testing.assert_allclose(_core.full_covariance(f), cov, rtol=1e-10, atol=1e-12)
+    blocks = cov.reshape(p, h, p, h)
+    np.testing.assert_allclose(f.cov_blocks, np.stack([blocks[i, :, i] for i in range(p)]),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(f.cov_sum, np.einsum("itjt->ij", blocks), rtol=1e-10)
+    logdet = np.linalg.slogdet(kernels)[1].sum() + np.linalg.slogdet(prec)[1]
+    np.testing.assert_allclose(f.logdet, logdet, rtol=1e-10)
+
+
+def test_posterior_of_long_trials_equals_dense_computation(rng):
+    """Means, marginal variances and log-likelihoods of 100-bin trials (three latents: the
+    bordering's unapplied last group) against the dense ``pT x pT`` posterior (1e-9)."""
+    n, T, q, p = 3, 101, 6, 3
+    params = _core.GPFAParams(jnp.asarray(rng.normal(size=(q, p))),
+                              jnp.asarray(rng.normal(size=q)), jnp.asarray(rng.uniform(0.5, 2, q)),
+                              jnp.log(jnp.array([0.01, 0.05, 0.2])), jnp.full(p, 1e-3))
+    y = rng.normal(size=(n, T, q))
+    post = jax.jit(_core.posterior)(params, _core.make_bucket(jnp.asarray(y)))
+    C, d, R = (np.asarray(a) for a in params[:3])
+    t = np.arange(T)
+    K = [(1 - 1e-3) * np.exp(-0.5 * np.exp(lg) * (t[:, None] - t) ** 2) + 1e-3 * np.eye(T)
+         for lg in np.asarray(params.log_gamma)]
+    prec = np.kron((C.T / R) @ C, np.eye(T))
+    for i in range(p):
+        prec[i * T:(i + 1) * T, i * T:(i + 1) * T] += np.linalg.inv(K[i])
+    cov = np.linalg.inv(prec)
+    b = np.einsum("ntq,qi->nit", y - d, C / R[:, None]).reshape(n, p * T)
+    mean = (b @ cov).reshape(n, p, T).transpose(0, 2, 1)
+    np.testing.assert_allclose(post.mean, mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(post.var[0], np.diag(cov).reshape(p, T).T, rtol=1e-9)
+    # marginal covariance of one trial's (time, neuron) values
+    marginal = np.einsum("qi,its,ri->tqsr", C, np.stack(K), C, optimize=True)
+    marginal = marginal.reshape(T * q, T * q) + np.kron(np.eye(T), np.diag(R))
+    ll = multivariate_normal(np.tile(d, T), marginal).logpdf(y.reshape(n, -1))
+    np.testing.assert_allclose(post.loglik, ll, rtol=1e-9)

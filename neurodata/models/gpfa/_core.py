@@ -28,7 +28,6 @@ import numpy as np
 from jax import lax
 from jax.scipy.linalg import cho_solve
 
-from neurodata.models._jax.gp import rbf_kernel
 from neurodata.models._jax.linalg import chol_logdet, psd_cholesky
 
 _SQRT2 = 2.0**0.5
@@ -95,41 +94,15 @@ def unrotate_variance(sym_var: jnp.ndarray, anti_var: jnp.ndarray) -> jnp.ndarra
     return jnp.concatenate([half, sym_var[..., h:, :], jnp.flip(half, axis=-2)], axis=-2)
 
 
-def _split_lags(values: jnp.ndarray, T: int):
-    """Rotated blocks ``(sym, anti)`` of the stationary matrix ``A[t1, t2] = v(t1 - t2)``.
-
-    ``values (..., 2T - 1)`` holds ``v`` at the lags ``-(T - 1) .. T - 1``, so every block is
-    gathered from ``O(T)`` kernel evaluations. The blocks are ``v(a - b) +- v(a - (T - 1 -
-    b))`` for ``a, b`` in the first half (Toeplitz plus Hankel), and the symmetric block
-    gets the middle bin of odd ``T``.
-    """
-    h = T // 2
-    a = np.arange(h)
-    near = values[..., a[:, None] - a[None, :] + T - 1]
-    far = values[..., a[:, None] + a[None, :]]
-    sym, anti = near + far, near - far
-    if T % 2:
-        col = _SQRT2 * values[..., a + T - 1 - h][..., :, None]
-        corner = values[..., T - 1][..., None, None]
-        sym = jnp.concatenate([jnp.concatenate([sym, col], axis=-1),
-                               jnp.concatenate([jnp.swapaxes(col, -1, -2), corner], axis=-1)],
-                              axis=-2)
-    return sym, anti
-
-
-def _lags(T: int) -> jnp.ndarray:
-    return jnp.arange(-(T - 1), T, dtype=jnp.float64)
-
-
 def split_kernel(log_gamma: jnp.ndarray, eps: jnp.ndarray, T: int):
     """One latent's ``T x T`` GPFA kernel in the rotated basis: ``(K_sym, K_anti)``.
 
     ``K[t1, t2] = (1 - eps) exp(-gamma (t1 - t2)^2 / 2) + eps delta`` (Yu et al. 2009, time
-    in bins); the same matrix as :func:`neurodata.models._jax.gp.gpfa_kernel` rotated.
+    in bins); the same matrix as :func:`neurodata.models._jax.gp.gpfa_kernel` rotated. Both
+    halves come from :func:`stacked_kernel`.
     """
-    length = jnp.exp(-0.5 * log_gamma)
-    values = rbf_kernel(_lags(T), jnp.zeros(1), length)[:, 0]
-    return tuple((1.0 - eps) * b + eps * jnp.eye(b.shape[0]) for b in _split_lags(values, T))
+    k = stacked_kernel(log_gamma, eps, T)
+    return k[0], k[1, :T // 2, :T // 2]
 
 
 def stack_halves(sym: jnp.ndarray, anti: jnp.ndarray, pad: float) -> jnp.ndarray:
@@ -495,7 +468,7 @@ def timescale_objective(log_gamma, eps, stats):
     """
     total = 0.0
     for T, n, pk in stats:
-        chol = psd_cholesky(stack_halves(*split_kernel(log_gamma, eps, T), pad=1.0))
+        chol = psd_cholesky(stacked_kernel(log_gamma, eps, T))
         total = total + 0.5 * (n * jnp.sum(chol_logdet(chol))
                                + jnp.trace(cho_solve((chol, True), pk), axis1=-2,
                                            axis2=-1).sum())
@@ -506,8 +479,8 @@ def _lag_tables(T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Squared lags and weights that build the stacked rotated halves of a stationary matrix.
 
     ``A_half = w_near[half] v(near) + w_far[half] v(far)`` with the near lags ``a - b`` and
-    the far lags ``a - (T - 1 - b)``: the same blocks as :func:`_split_lags` followed by
-    :func:`stack_halves` (the middle bin of odd ``T`` in the symmetric half; the
+    the far lags ``a - (T - 1 - b)``, for ``a, b`` in the first half (Toeplitz plus Hankel),
+    stacked as by :func:`stack_halves` (the middle bin of odd ``T`` in the symmetric half; the
     antisymmetric half's padding bin at lag 0 with weight 1, so that a kernel gets 1 there
     and its derivatives 0). The kernel is then evaluated elementwise (no gathers). Returns
     ``near, far (hs, hs)`` and ``weights (2, 2, hs, hs)`` as ``[near/far, half]``.
@@ -543,6 +516,15 @@ def _kernel_derivatives(log_gamma, eps, T: int, which: str):
         return k, (1.0 - eps) * e1, (1.0 - eps) * (e1 + e2)
     s = eps * (1.0 - eps)
     return k, s * (eye - e0), s * (1.0 - 2.0 * eps) * (eye - e0)
+
+
+def stacked_kernel(log_gamma: jnp.ndarray, eps: jnp.ndarray, T: int) -> jnp.ndarray:
+    """Both rotated halves of one latent's kernel, stacked as ``(2, hs, hs)``.
+
+    As :func:`stack_halves` with ``pad = 1``, built elementwise from :func:`_lag_tables`
+    (XLA drops the derivatives that :func:`_kernel_derivatives` also returns).
+    """
+    return _kernel_derivatives(log_gamma, eps, T, "log_gamma")[0]
 
 
 def _objective_derivatives(log_gamma, eps, stats, which: str):
