@@ -517,9 +517,10 @@ def test_recovers_planted_biclusters(paper_simulation):
     print(f"recovery: neuron ARI {neuron_ari:.3f}, state ARI {state_ari:.3f}, "
           f"baseline correlations {np.round(corr, 3)}, "
           f"diagnostics { {k: round(v, 3) for k, v in diag.items()} }")
-    # measured (200 burn-in + 80 kept sweeps per chain): neuron ARI 1.000, state ARI 0.824,
-    # baseline correlations 0.95 / 0.92 / 0.94, R-hat 1.00 (n_clusters) and 1.09
-    # (log-likelihood; 1.30 before the dispersion and interweaving moves)
+    # measured (200 burn-in + 80 kept sweeps per chain): neuron ARI 1.000, state ARI 0.820,
+    # baseline correlations 0.95 / 0.92 / 0.94, R-hat 1.00 (n_clusters) and 1.11
+    # (log-likelihood; 1.30 before the dispersion and interweaving moves); no split or merge
+    # of the three well-separated clusters is accepted
     assert neuron_ari >= 0.95, neuron_ari
     assert state_ari >= 0.8, state_ari
     assert min(corr) >= 0.8, corr
