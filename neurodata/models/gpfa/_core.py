@@ -7,11 +7,17 @@ with the time reversal ``t -> T - 1 - t``, and so does the posterior precision
 ``M = K^{-1} + I_T (x) C' R^{-1} C``. In the orthonormal basis of time-symmetric
 ``(x_t + x_{T-1-t}) / sqrt 2`` and antisymmetric ``(x_t - x_{T-1-t}) / sqrt 2`` pairs
 (plus the middle bin for odd ``T``), ``M`` is block diagonal with two blocks of half size.
-All cubic work (the inverse Cholesky factor of ``M``, the timescale objective) is done on
+All cubic work (the posterior covariance ``M^{-1}``, the timescale objective) is done on
 the halves: four times fewer flops than on the full ``pT x pT`` matrix and exact (this is
 the same symmetry elephant exploits as "block persymmetry", used here to split the problem
 instead of to skip half of an inverse). Within a half the latent-major order
 ``(latent, time)`` is used.
+
+Posterior covariance
+--------------------
+Within a half, ``M``'s blocks between two latents are ``W_ij I`` (``W = C' R^{-1} C``), so
+``M^{-1}`` is built latent by latent (:func:`_bordered_inverse`): each added latent is one
+rank-``h`` update of the inverse so far, a matrix product at the single-core GEMM rate.
 
 Shapes: a bucket (:class:`Bucket`) holds the trials of one length, ``y (n, T, q)``; ``p``
 latents, ``q`` neurons.

@@ -92,8 +92,9 @@ class GPFA(NeurodataModel):
 
     ``y_t = C x_t + d + e_t``, ``e_t ~ N(0, diag(R))``, each latent an independent GP in
     time with the unit-variance RBF kernel ``(1 - eps) exp(-(t1 - t2)^2 / (2 tau^2)) +
-    eps delta``. The E-step is exact (Cholesky, batched over the trials that share a length,
-    split into time-symmetric and antisymmetric halves); ``C, d, R`` have closed-form
+    eps delta``. The E-step is exact (the posterior covariance by block elimination over the
+    latents, shared by the trials of one length, split into time-symmetric and antisymmetric
+    halves); ``C, d, R`` have closed-form
     updates with R floored at ``min_var_frac`` times each neuron's variance; timescales are
     updated by Newton steps on ``log gamma = 2 log(bin / tau)`` until the M-step objective
     is minimised (as elephant's L-BFGS-B does). float64 throughout.
@@ -128,7 +129,7 @@ class GPFA(NeurodataModel):
         drawn with ``seed``); inference (``transform``) always uses the full trials.
     batch_size
         Stream the E-step over this many trials at a time (default: all at once). The
-        posterior precision is factorised once per trial length and shared; per trial only
+        posterior covariance is computed once per trial length and shared; per trial only
         the posterior mean is kept, so the memory is ``O((pT)^2)`` plus ``O(batch_size T q)``
         for the intermediates. ``transform``, ``score`` and ``predict_leave_neuron_out``
         also read ``ds`` batch by batch (a lazily loaded, dask-backed dataset is loaded one
