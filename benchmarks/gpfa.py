@@ -78,10 +78,11 @@ def _temp_mb(n_trials, n_time, q, p):
 
     params = _core.GPFAParams(jnp.ones((q, p)), jnp.zeros(q), jnp.ones(q), jnp.zeros(p),
                               jnp.full(p, 1e-3))
-    y = jax.ShapeDtypeStruct((n_trials, n_time, q), jnp.float64)
-    step = jax.jit(lambda prm, yy: _core.em_step(prm, [_core.make_bucket(yy)], jnp.ones(q),
-                                                 _core.EMOptions()))
-    return step.lower(params, y).compile().memory_analysis().temp_size_in_bytes / 2**20
+    # the bucket (data and its per-trial sums, made once before EM) is an input of the step
+    bucket = jax.eval_shape(_core.make_bucket,
+                            jax.ShapeDtypeStruct((n_trials, n_time, q), jnp.float64))
+    step = jax.jit(lambda prm, b: _core.em_step(prm, [b], jnp.ones(q), _core.EMOptions()))
+    return step.lower(params, bucket).compile().memory_analysis().temp_size_in_bytes / 2**20
 
 
 def _elephant(y, init, n_iter):
