@@ -341,8 +341,10 @@ class BiClustering(NeurodataModel):
         negbin = self.observation == "negbin"
         priors = self._priors()
         # the count range fixes a shape of the compiled sweep: round it up to a power of
-        # two so that fits on similar data reuse one compilation
-        data = _core.make_data(y, y_max=int(2 ** math.ceil(math.log2(max(y.max(), 16)))))
+        # two, at least 128, so that fits on similar data reuse one compilation (the
+        # tutorial's simulation and M1 counts, 21 and 89 at most); the tail counts it sizes
+        # cost O(N y_max) per sweep against the sweep's O(T N)
+        data = _core.make_data(y, y_max=int(2 ** math.ceil(math.log2(max(y.max(), 128)))))
         thin, chunk = int(self.thin), int(self.chunk_size)
         burn_blocks = math.ceil(self.burn_in / thin)
         total_blocks = burn_blocks + int(self.n_samples)
