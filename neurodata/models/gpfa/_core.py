@@ -153,6 +153,10 @@ class HalfFactor(NamedTuple):
     """``(p, p)``: sum over (rotated) time of the per-bin posterior covariances."""
     logdet: jnp.ndarray
     """``log|K| + log|M|`` of the half."""
+    kernel_inv: jnp.ndarray
+    """``(p, h, h)``: ``K^{-1}`` of each latent's prior (the M-step's first evaluation)."""
+    kernel_logdet: jnp.ndarray
+    """``(p,)``: ``log|K|`` of each latent's prior."""
 
 
 def full_covariance(f: HalfFactor) -> jnp.ndarray:
@@ -318,7 +322,7 @@ def _half_factor(kernels: jnp.ndarray, W: jnp.ndarray) -> HalfFactor:
     if h == 0:
         z = jnp.zeros
         return HalfFactor(z((0, 0)), z((0, 0)), z((0, 0)), z((0, 0)), z((p, 0, 0)), z((p, p)),
-                          z(()))
+                          z(()), z((p, 0, 0)), z(p))
     k_inv, logdet_k = _spd_inverse(kernels)
     head, mixed, cross, tail, logdet_m = _bordered_inverse(k_inv, W)
     k, r = head.shape[0] // h, tail.shape[0] // h
@@ -337,7 +341,7 @@ def _half_factor(kernels: jnp.ndarray, W: jnp.ndarray) -> HalfFactor:
         cross_sum = _block_traces(cross, h)
         cov_sum = jnp.block([[head_sum, cross_sum], [cross_sum.T, _block_traces(tail, h)]])
     return HalfFactor(head, mixed, cross, tail, cov_blocks, cov_sum,
-                      jnp.sum(logdet_k) + logdet_m)
+                      jnp.sum(logdet_k) + logdet_m, k_inv, logdet_k)
 
 
 class Bucket(NamedTuple):
@@ -533,7 +537,7 @@ def stacked_kernel(log_gamma: jnp.ndarray, eps: jnp.ndarray, T: int) -> jnp.ndar
     return _kernel_derivatives(log_gamma, eps, T, "log_gamma")[0]
 
 
-def _objective_derivatives(log_gamma, eps, stats, which: str):
+def _objective_derivatives(log_gamma, eps, stats, which: str, inverses=None):
     """Value, first and second derivative of :func:`timescale_objective` in one variable.
 
     ``f' = 0.5 [n tr(A1) - tr(A1 B)]``, ``f'' = 0.5 [n tr(A2) - n tr(A1 A1) + 2 tr(A1 A1 B)
@@ -541,16 +545,19 @@ def _objective_derivatives(log_gamma, eps, stats, which: str):
     symmetric ``Z = K^-1 P K^-1`` every trace is an elementwise sum: ``tr(A1 B) = <dK, Z>``,
     ``tr(A2 B) = <d2K, Z>``, ``tr(A1 A1 B) = <dK X, Z>``, ``tr(A1 A1) = <X, X'>``; so an
     evaluation is ``K^-1`` (:func:`inv_cholesky`) and four matrix products per half, both
-    halves in one batched call.
+    halves in one batched call. ``inverses``: ``(K^-1, log|K|)`` per trial length at this
+    point if known (the E-step's, at the M-step's starting point).
     """
     f = g = H = 0.0
-    for T, n, pk in stats:
+    for i, (T, n, pk) in enumerate(stats):
         k, k1, k2 = _kernel_derivatives(log_gamma, eps, T, which)
-        u = inv_cholesky(k)
-        k_inv = u @ _t(u)
+        if inverses is None:
+            u = inv_cholesky(k)
+            k_inv, logdet = u @ _t(u), -jnp.sum(chol_logdet(u))
+        else:
+            k_inv, logdet = inverses[i]
         x = k_inv @ k1
         z = (k_inv @ pk) @ k_inv
-        logdet = -jnp.sum(chol_logdet(u))
         f = f + 0.5 * (n * logdet + jnp.sum(k_inv * pk))
         g = g + 0.5 * (n * jnp.sum(k_inv * k1) - jnp.sum(k1 * z))
         H = H + 0.5 * (n * jnp.sum(k_inv * k2) - n * jnp.sum(x * _t(x))
@@ -558,7 +565,7 @@ def _objective_derivatives(log_gamma, eps, stats, which: str):
     return f, g, H
 
 
-def _newton_1d(fgh, x0, max_steps: int, tol: float = 1e-6):
+def _newton_1d(fgh, x0, max_steps: int, tol: float = 1e-6, first=None):
     """Minimise a function of one variable by corrected Newton steps.
 
     One evaluation of ``(f, f', f'')`` per iteration. The step is Newton's ``n = -f'/f''``
@@ -570,7 +577,8 @@ def _newton_1d(fgh, x0, max_steps: int, tol: float = 1e-6):
     evaluation: ``n^2`` for a plain Newton step, ``n^2 (|last move| + |n|)`` for a corrected
     one (the error of the estimated ``f'''`` is proportional to the last move). Vmapped over
     latents, the loop runs until every latent is done (warm-started from the previous EM
-    iteration that takes one to three evaluations) or ``max_steps`` evaluations.
+    iteration that takes one to three evaluations) or ``max_steps`` evaluations. ``first``:
+    ``(f, f', f'')`` at ``x0`` when already known (then not evaluated again).
     """
 
     def propose(g, H, f3):
@@ -597,7 +605,7 @@ def _newton_1d(fgh, x0, max_steps: int, tol: float = 1e-6):
                 jnp.where(ok, h_try, H), jnp.where(ok, new_step, 0.5 * step),
                 jnp.where(ok, err, jnp.inf))
 
-    f0, g0, h0 = fgh(x0)
+    f0, g0, h0 = fgh(x0) if first is None else first
     step0, newton0 = propose(g0, h0, 0.0)
     _, x, _, _, step, err = lax.while_loop(cond, body, (1, x0, f0, h0, step0, newton0**2))
     return x + jnp.where(err <= tol, step, 0.0)
@@ -647,20 +655,25 @@ def m_step(params: GPFAParams, buckets: list[Bucket], posts, var_floor: jnp.ndar
     R = jnp.maximum(var_floor, R)
     log_gamma, eps = params.log_gamma, params.eps
     if options.learn_timescales or options.learn_gp_noise:
-        # per latent and trial length: (T, n, P) with P (p, 2, hs, hs)
-        per_bucket = []
+        # per latent and trial length: (T, n, P) with P (p, 2, hs, hs), and the E-step's
+        # kernel inverses (p, 2, hs, hs) and log-determinants (p,) at the current timescales
+        per_bucket, inverses = [], []
         for bucket, post in zip(buckets, posts, strict=True):
             n, T, _ = bucket.y.shape
             ps = [n * f.cov_blocks + jnp.einsum("nti,nsi->its", mu, mu)
                   for f, mu in zip(post.factors, rotate(post.mean), strict=True)]
             per_bucket.append((T, n, stack_halves(*ps, pad=0.0)))
+            sym, anti = post.factors
+            inverses.append((stack_halves(sym.kernel_inv, anti.kernel_inv, pad=1.0),
+                             sym.kernel_logdet + anti.kernel_logdet))
 
         def one_latent(args):
-            lg, ep, *mats = args
+            lg, ep, mats, invs = args
             stats = [(T, n, mat) for (T, n, _), mat in zip(per_bucket, mats, strict=True)]
             if options.learn_timescales:
+                first = _objective_derivatives(lg, ep, stats, "log_gamma", invs)
                 lg = _newton_1d(lambda x: _objective_derivatives(x, ep, stats, "log_gamma"),
-                                lg, options.newton_steps)
+                                lg, options.newton_steps, first=first)
             if options.learn_gp_noise:
                 logit = _newton_1d(
                     lambda x: _objective_derivatives(lg, jax.nn.sigmoid(x), stats, "eps"),
@@ -668,7 +681,7 @@ def m_step(params: GPFAParams, buckets: list[Bucket], posts, var_floor: jnp.ndar
                 ep = jax.nn.sigmoid(logit)
             return lg, ep
 
-        args = (log_gamma, eps, *[mat for (_, _, mat) in per_bucket])
+        args = (log_gamma, eps, [mat for (_, _, mat) in per_bucket], inverses)
         log_gamma, eps = jax.vmap(one_latent)(args)
     return GPFAParams(C, d, R, log_gamma, eps)
 
