@@ -69,7 +69,7 @@ def sample_gamma(key: jax.Array, shape_param: jnp.ndarray, retry_fraction: int =
     dominate the cost) number about one normal and one uniform per element instead of one
     per element and fixed round (the Pólya-Gamma draws of the bi-clustering sweep: 2.3x
     faster than four fixed vectorised rounds). Shapes below 1 use ``Gamma(a) = Gamma(a + 1)
-    U^{1/a}``.
+    U^{1/a}``. A NaN, infinite or negative ``a`` gives NaN.
     """
     a = jnp.asarray(shape_param)
     boost = a < 1.0
@@ -77,6 +77,10 @@ def sample_gamma(key: jax.Array, shape_param: jnp.ndarray, retry_fraction: int =
     cc = 1.0 / jnp.sqrt(9.0 * d)
     kx, ku, kb, k_retry = jax.random.split(key, 4)
     value, ok = _marsaglia_tsang(kx, ku, d, cc)
+    # a NaN, infinite or non-positive shape would never accept and keep the loop below
+    # running forever: such elements are done at once, with NaN as their draw
+    valid = jnp.isfinite(d) & (d > 0)
+    value, ok = jnp.where(valid, value, jnp.nan), ok | ~valid
     n = d.size
     slots = min(n, max(16, n // retry_fraction))
 
