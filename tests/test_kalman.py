@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import neurodata  # noqa: F401  (switches on float64)
 from neurodata.models._jax.kalman import (
@@ -186,3 +187,20 @@ def test_unrolled_small_algebra_matches_numpy(rng):
                                np.linalg.solve(np.swapaxes(L, -1, -2), a), atol=1e-10)
     np.testing.assert_allclose(cho_solve_small(jnp.asarray(L), jnp.asarray(rhs)),
                                np.linalg.solve(spd, rhs[..., None])[..., 0], atol=1e-10)
+
+
+@pytest.mark.parametrize("d", [3, 8])
+def test_triangular_solves_broadcast_vectors_on_both_paths(d):
+    """Batched vector right-hand sides against a broadcast factor, unrolled (d <= 6) and
+    through the library solve (d > 6)."""
+    from neurodata.models._jax.kalman import solve_lower, solve_lower_transpose
+
+    rng = np.random.default_rng(0)
+    L = np.tril(rng.normal(size=(1, 3, d, d))) + 3 * np.eye(d)
+    b = rng.normal(size=(5, 3, d))
+    want = np.linalg.solve(np.broadcast_to(L, (5, 3, d, d)), b[..., None])[..., 0]
+    np.testing.assert_allclose(solve_lower(jnp.asarray(L), jnp.asarray(b)), want, rtol=1e-10)
+    want_t = np.linalg.solve(np.broadcast_to(np.swapaxes(L, -1, -2), (5, 3, d, d)),
+                             b[..., None])[..., 0]
+    np.testing.assert_allclose(solve_lower_transpose(jnp.asarray(L), jnp.asarray(b)), want_t,
+                               rtol=1e-10)

@@ -65,11 +65,21 @@ def _as_matrix(b, L):
     return (b[..., None] if vector else b), vector
 
 
+def _library_solve(L, b, lower: bool):
+    # the library solve wants matrix right-hand sides and equal batch shapes; the unrolled
+    # solves below broadcast and take vectors, and callers rely on that
+    B, vector = _as_matrix(b, L)
+    batch = jnp.broadcast_shapes(L.shape[:-2], B.shape[:-2])
+    x = solve_triangular(jnp.broadcast_to(L, batch + L.shape[-2:]),
+                         jnp.broadcast_to(B, batch + B.shape[-2:]), lower=lower)
+    return x[..., 0] if vector else x
+
+
 def solve_lower(L: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     """Solve ``L x = b`` for lower-triangular ``L`` (``b`` a vector or a matrix)."""
     d = L.shape[-1]
     if d > _UNROLL_MAX:
-        return solve_triangular(L, b, lower=True)
+        return _library_solve(L, b, lower=True)
     B, vector = _as_matrix(b, L)
     rows = []
     for i in range(d):
@@ -83,7 +93,7 @@ def solve_lower_transpose(L: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     """Solve ``L^T x = b`` for lower-triangular ``L`` (``b`` a vector or a matrix)."""
     d = L.shape[-1]
     if d > _UNROLL_MAX:
-        return solve_triangular(jnp.swapaxes(L, -1, -2), b, lower=False)
+        return _library_solve(jnp.swapaxes(L, -1, -2), b, lower=False)
     B, vector = _as_matrix(b, L)
     rows = [None] * d
     for i in reversed(range(d)):
