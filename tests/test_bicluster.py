@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 import neurodata
-from neurodata.errors import InputDataError
+from neurodata.errors import FormatError, InputDataError
 from neurodata.models.bicluster import BiClustering, _core, simulate
 from neurodata.models.bicluster._summaries import cluster_profile
 
@@ -485,6 +485,11 @@ def test_checkpoint_resume_gives_identical_draws(tmp_path, paper_simulation, sho
     other["activity"] = other.activity[::-1].assign_coords(time=ds.time)
     with pytest.raises(InputDataError, match="other data"):
         BiClustering(n_samples=4, burn_in=2, checkpoint=path, **PAPER).fit(other)
+    with np.load(path) as saved:  # a checkpoint of a version whose chain state had no moves
+        older = {k: saved[k] for k in saved.files if k != "state_moves"}
+    np.savez(path, **older)
+    with pytest.raises(FormatError, match="another version"):
+        BiClustering(n_samples=4, burn_in=2, checkpoint=path, **PAPER).fit(ds)
     # results round-trip through the pickle-free save/load
     full.save(tmp_path / "model.nc")
     back = BiClustering.load(tmp_path / "model.nc")
@@ -492,7 +497,7 @@ def test_checkpoint_resume_gives_identical_draws(tmp_path, paper_simulation, sho
     assert full.to_inference_data().posterior["loglik"].shape == (4, 4)
 
 
-def test_diagnostics_without_arviz_warn_and_stay_empty(monkeypatch, short_fit):
+def test_diagnostics_without_arviz_warn_and_leave_out_rhat(monkeypatch, short_fit):
     assert set(short_fit.diagnostics_) >= {"rhat_loglik", "ess_n_clusters", "split_acceptance"}
     monkeypatch.setitem(sys.modules, "arviz", None)  # the optional extra is not installed
     with pytest.warns(UserWarning, match="neurodata\\[mcmc\\]"):

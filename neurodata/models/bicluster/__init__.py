@@ -298,6 +298,11 @@ class BiClustering(NeurodataModel):
         if str(saved.get("meta_fingerprint", "")) != fingerprint:
             raise InputDataError(f"checkpoint {path} was written for other data or settings; "
                                  "use another path or delete it.")
+        missing = [f for f in template._fields if f"state_{f}" not in saved]
+        if missing:
+            raise FormatError(f"checkpoint {path} lacks the chain-state fields {missing} (it "
+                              "was written by another version of neurodata); delete it to "
+                              "start afresh.")
         state = type(template)(**{f: jnp.asarray(saved[f"state_{f}"])
                                   for f in template._fields})
         draws = {f: [saved[f"draw_{f}"]] for f in _DRAW_FIELDS if f"draw_{f}" in saved}
@@ -493,7 +498,8 @@ class BiClustering(NeurodataModel):
             import arviz as az
         except ImportError:  # an optional extra: the fit itself does not need it
             warnings.warn("BiClustering: R-hat and ESS need ArviZ (pip install "
-                          "'neurodata[mcmc]'); diagnostics_ is left empty.", stacklevel=3)
+                          "'neurodata[mcmc]'); diagnostics_ holds only the split-merge "
+                          "rates.", stacklevel=3)
             return {}
         out = {}
         sub = self.posterior_[["loglik", "n_clusters", "n_states"]].astype(float)
