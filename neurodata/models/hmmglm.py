@@ -700,8 +700,8 @@ class HMMGLM(NeurodataModel):
         log-likelihood of the model used at test time (one-hot adjacency hardened to its
         argmax classes), not the highest EM objective: the log-prior is left out because
         the one-hot prior's Concrete density is unbounded at the simplex's vertices and,
-        under both priors, the worse restarts (often merged states) score a higher
-        log-prior (see :func:`best_restart`).
+        in the restart study at the paper's size, the worse restarts (often merged states)
+        scored a higher log-prior under both priors (see :func:`best_restart`).
     max_iter
         EM iterations.
     m_steps

@@ -238,7 +238,8 @@ def _spd_inverse(a: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
 
 
 _GROUP_ROWS = 96
-""":func:`_bordered_inverse` adds latents in groups of at least this many rows."""
+""":func:`_bordered_inverse` adds latents in groups of at least this many rows (all but
+possibly the last group)."""
 
 
 def _latent_block(k_inv: jnp.ndarray, W: jnp.ndarray, idx: range) -> jnp.ndarray:
@@ -271,9 +272,9 @@ def _bordered_inverse(k_inv: jnp.ndarray, W: jnp.ndarray):
     ``A^{-1}``'s column blocks, the Schur complement ``S = M_GG - B' X`` is small, and
     ``[[A^{-1} + X S^{-1} X', -X S^{-1}], [., S^{-1}]]`` is the inverse of the first ``k +
     |G|`` latents' block. A group is one latent for long trials (``h >= 96`` bins), more for
-    short ones, so that every update is a matrix product of rank ``>= 96``, which runs at
-    the single-core matrix-product rate. The last update is left unapplied (it is the
-    largest): returns ``(A^{-1}, X, -X S^{-1}, S^{-1})`` of the last group (see
+    short ones, so that every update but possibly the last is a matrix product of rank
+    ``>= 96``, which runs at the single-core matrix-product rate. The last update is left
+    unapplied (it is the largest): returns ``(A^{-1}, X, -X S^{-1}, S^{-1})`` of the last group (see
     :class:`HalfFactor`) and ``log|M| = sum log|S|``. About ``2/3 (p h)^3`` flops in all.
     """
     p, h, _ = k_inv.shape
@@ -394,10 +395,12 @@ def factorise(params: GPFAParams, T: int) -> tuple[HalfFactor, HalfFactor]:
 def _trials_posterior(params: GPFAParams, factors, ref, y, sum_y, sum_yy):
     """Posterior means ``(n, T, p)`` and marginal log-likelihoods ``(n,)`` of trials ``y``.
 
-    The trials of one length share the factor ``U`` of each half, so their means are two
-    matrix products with it: ``H = B U`` (``B`` the trials' ``C' R^-1 (y - d)`` in the
-    half's latent-major order, one row per trial) and ``H U'``; ``||H||^2`` is the
-    quadratic term of the log-likelihood. The products skip ``U``'s zero triangle.
+    The trials of one length share each half's posterior covariance ``M^-1``, held as the
+    blocks of :class:`HalfFactor` (the head inverse before the last bordering update and the
+    ``mixed``/``cross``/``tail`` pieces of that update), so their means ``B M^-1`` (``B``
+    the trials' ``C' R^-1 (y - d)`` in the half's latent-major order, one row per trial) are
+    a few matrix products with those blocks, and the quadratic term of the log-likelihood is
+    ``sum(B * mean)``.
     """
     n, T, q = y.shape
     p = params.C.shape[1]
@@ -430,7 +433,7 @@ def posterior(params: GPFAParams, bucket: Bucket, batch_size: int | None = None
               ) -> BucketPosterior:
     """Exact GPFA posterior and marginal log-likelihood of the trials of one length.
 
-    The precision is factorised once (shared by all trials of one length); the trials are
+    The posterior covariance is computed once (shared by all trials of one length); the trials are
     then solved all at once, or ``batch_size`` at a time (``lax.map`` over batches, the
     last one padded with zeros: the per-trial intermediates are bounded by the batch, the
     results identical).
