@@ -19,8 +19,8 @@ Each section is written by `benchmarks/<name>.py` (run all with `make bench`), s
 with the peer library in the same run. Ratios are peer time / neurodata time (higher is
 better for neurodata). JIT compile time is reported separately from run time.
 
-GPU: an NVIDIA H100 was lent for 30 minutes in the third session; `python -m benchmarks.gpu`
-(last section) records the CPU-vs-GPU speed-ups of every model measured there, and
+GPU: an NVIDIA H100 was lent for 30 minutes in the third and in the fifth session;
+`python -m benchmarks.gpu` (last section) records the CPU-vs-GPU speed-ups of every model, and
 `<model>_gpu.md` sections the model-specific GPU runs. Every benchmark runs unchanged on JAX's
 default device. Each section names its machine and the load it ran under.
 """
