@@ -276,6 +276,13 @@ def _bordered_inverse(k_inv: jnp.ndarray, W: jnp.ndarray):
     ``>= 96``, which runs at the single-core matrix-product rate. The last update is left
     unapplied (it is the largest): returns ``(A^{-1}, X, -X S^{-1}, S^{-1})`` of the last group (see
     :class:`HalfFactor`) and ``log|M| = sum log|S|``. About ``2/3 (p h)^3`` flops in all.
+
+    Accuracy: ``S`` is formed from the explicit inverse, so the error grows with the
+    precision's condition number faster than a Cholesky factorisation's. Relative error of
+    the covariance against a dense inverse: 3e-13 for GPFA fits of the M1 recording (8 and
+    20 latents, 200-bin trials, condition 1e3, as the inverse-Cholesky route), 1e-8 at
+    condition 6e5 and 1e-5 at 4e6 (nearly collinear loadings at a high signal-to-noise
+    ratio), where the inverse-Cholesky route kept 1e-10.
     """
     p, h, _ = k_inv.shape
     g = max(1, -(-_GROUP_ROWS // h))
