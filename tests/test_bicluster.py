@@ -270,8 +270,8 @@ def test_split_merge_leaves_exact_joint_posterior_invariant(rng, cluster_prior):
 
     N = 3 neurons, K = 3 slots, T = 3 bins, latent_dim = 0; the exact posterior over the 27
     labellings and the Gaussian trajectories given them is computed densely. After three
-    moves the labels' frequencies and the mean trajectory of neuron 0's cluster must match
-    it within Monte Carlo error, and splits and merges must both be accepted.
+    moves the labels' frequencies, the mean trajectory of neuron 0's cluster and of every
+    slot must match it within Monte Carlo error, and splits and merges must both be accepted.
     """
     from scipy.special import logsumexp
 
@@ -304,6 +304,12 @@ def test_split_merge_leaves_exact_joint_posterior_invariant(rng, cluster_prior):
     np.testing.assert_allclose(freq, prob, atol=0.01)
     own = x[np.arange(n), :, z[:, 0], 0]  # trajectory of neuron 0's cluster
     np.testing.assert_allclose(own.mean(0), exact_x, atol=4 * own.std(0).max() / np.sqrt(n))
+    # every slot's trajectory, occupied or not: an emptied slot redrawn from another slot's
+    # dynamics (each slot has its own offset b) would move these means
+    for k in range(K):
+        slot_x = sum(p * row[k][1] for p, row in zip(prob, post, strict=True))
+        got = x[:, :, k, 0]
+        np.testing.assert_allclose(got.mean(0), slot_x, atol=4 * got.std(0).max() / np.sqrt(n))
     print(f"split acceptance {counts[1] / counts[0]:.3f}, merge {counts[3] / counts[2]:.3f}")
     assert counts[1] > 0.02 * counts[0] and counts[3] > 0.02 * counts[2]
 
