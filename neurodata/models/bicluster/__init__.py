@@ -185,7 +185,7 @@ class BiClustering(NeurodataModel):
         clusters and the number of states (R-hat 1 and ESS = all draws for a quantity that
         is the same constant in every chain); ``split_acceptance`` and
         ``merge_acceptance``, the fractions of split and merge proposals accepted over every
-        sweep and chain.
+        sweep and chain (a split proposed while no slot is empty counts as rejected).
 
     Examples
     --------
