@@ -652,12 +652,12 @@ def bits_per_spike(loglik: float, counts: np.ndarray, rates: np.ndarray,
     --------
     >>> import numpy as np
     >>> x = np.array([[1.0], [0.0]])
-    >>> round(float(bits_per_spike(-1.0, x, np.array([0.5]))), 3)
+    >>> round(bits_per_spike(-1.0, x, np.array([0.5])), 3)
     1.0
     """
     n_spikes = float(np.sum(counts))
     base = _constant_loglik(counts, rates, observation)
-    return (loglik - base) / (max(n_spikes, 1.0) * np.log(2.0))
+    return float((loglik - base) / (max(n_spikes, 1.0) * np.log(2.0)))
 
 
 # --------------------------------------------------------------------------- estimator
@@ -1147,7 +1147,8 @@ def vote_classes(state_edges: np.ndarray) -> np.ndarray:
     """Majority vote of per-state 3-class edges (state axis first).
 
     With the one-hot prior's sparse pseudo-count, the rule of its closed-form global class
-    probabilities, so that a tie goes to "no edge".
+    probabilities, so that a tie with "no edge" goes to "no edge" (a tie between inhibitory
+    and excitatory goes to inhibitory, the first of the two).
 
     Examples
     --------

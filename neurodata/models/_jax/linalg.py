@@ -23,7 +23,11 @@ def chol_solve(chol: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 
 
 def chol_logdet(chol: jnp.ndarray) -> jnp.ndarray:
-    """``log det A`` from the lower Cholesky factor of ``A``."""
+    """``log det A`` from a triangular factor ``F`` of ``A = F F'``.
+
+    Any triangular square root works (the lower Cholesky factor, or an inverse factor, whose
+    result is then ``-log det A``).
+    """
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
 
 
